@@ -1,0 +1,67 @@
+"""The localizer: a backbone, the paper's extra 3x3 convs with DRS slots, and a 1x1 class conv.
+
+Class activation maps are the class conv applied to the final features; the image-level logits
+are their spatial mean (GAP), as in CAM and the DRS paper.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.backbones import build_backbone
+from models.drs import Placement, make_drs
+from models.registry import LOCALIZERS
+
+
+@LOCALIZERS.register("cam")
+class CAMClassifier(nn.Module):
+    def __init__(self, n_classes: int, backbone: str = "efficientnet_lite0", pretrained: bool = True,
+                 output_stride: int = 16, extra_convs: int = 3, extra_channels: int = 512,
+                 drs_mode: str = "none", drs_delta: float = 0.55, drs_placement: tuple = ("extra",)):
+        super().__init__()
+        placement = Placement(list(drs_placement))
+
+        def drs(channels: int) -> nn.Module:
+            return make_drs(drs_mode, channels, drs_delta)
+
+        self.backbone = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride,
+                                       drs=drs, placement=placement)
+        layers, channels = [], self.backbone.out_channels
+        for _ in range(extra_convs):
+            layers += [nn.Conv2d(channels, extra_channels, 3, padding=1), nn.ReLU(inplace=False)]
+            if placement.extra:
+                layers.append(drs(extra_channels))
+            channels = extra_channels
+        self.extra = nn.Sequential(*layers)
+        self.classifier = nn.Conv2d(channels, n_classes, 1, bias=False)
+        self.mean = torch.tensor(self.backbone.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.backbone.std).view(1, 3, 1, 1)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8-range float images (N,3,H,W in 0..255) to the backbone's input space."""
+        return (images / 255.0 - self.mean.to(images.device)) / self.std.to(images.device)
+
+    def new_modules(self) -> list[nn.Module]:
+        """Layers trained from scratch (they get the larger learning rate)."""
+        return [self.extra, self.classifier]
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits N x C, class maps N x C x h x w) for images in 0..255."""
+        maps = self.classifier(self.extra(self.backbone(self.normalize(images))))
+        return maps.mean(dim=(2, 3)), maps
+
+    @torch.no_grad()
+    def cams(self, images: torch.Tensor) -> torch.Tensor:
+        """Non-negative class activation maps at feature resolution."""
+        return F.relu(self.forward(images)[1])
+
+
+def build_localizer(cfg: dict, n_classes: int) -> nn.Module:
+    """From the classifier section of params.yaml."""
+    return LOCALIZERS.get("cam")(
+        n_classes=n_classes, backbone=cfg["backbone"], pretrained=cfg["pretrained"],
+        output_stride=cfg["output_stride"], extra_convs=cfg["extra_convs"],
+        extra_channels=cfg["extra_channels"], drs_mode=cfg["drs"]["mode"],
+        drs_delta=cfg["drs"]["delta"], drs_placement=tuple(cfg["drs"]["placement"]),
+    )

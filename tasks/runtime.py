@@ -1,0 +1,41 @@
+"""Device choice, seeding and checkpoints: what every training stage shares."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tasks.io import atomic_path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available (use device: auto or cpu)")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict) -> None:
+    """state_dict plus the plain-typed config that rebuilds the model; written atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "config": config}, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found: run the stage that makes it first")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def poly_lr(base: float, step: int, total: int, power: float = 0.9) -> float:
+    return base * (1 - step / max(total, 1)) ** power

@@ -1,0 +1,167 @@
+"""Stage 1: train the multi-label classifier (with DRS) on image-level tags only.
+
+Core: `fit` (a model, a data loader and params in; a per-epoch history out) and `average_precision`.
+`main` reads the manifest, writes the checkpoint, metrics and training curve.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from models.classifier import build_localizer
+from models.drs import LearnableDRS
+from models.registry import LOSSES
+from tasks import data, images, paths
+from tasks.io import write_json, write_text
+from tasks.runtime import poly_lr, resolve_device, save_checkpoint, seed_everything
+
+
+class TaggedImages(Dataset):
+    """Training crops with multi-hot targets (background is not a class here)."""
+
+    def __init__(self, root, rows: list[dict], n_fg: int, crop: int, resize_long: tuple[int, int], seed: int):
+        self.root, self.rows, self.n_fg, self.crop, self.resize = root, rows, n_fg, crop, resize_long
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        row = self.rows[i]
+        image = data.load_image(self.root, row["id"])
+        image = images.resize_long(image, int(self.rng.integers(self.resize[0], self.resize[1] + 1)))
+        if self.rng.random() < 0.5:
+            image = image[:, ::-1]
+        image = images.random_crop(image, self.crop, self.rng)
+        return images.to_tensor(image), multi_hot(row["tags"], self.n_fg)
+
+
+def multi_hot(tags: list[int], n_fg: int) -> torch.Tensor:
+    target = torch.zeros(n_fg)
+    target[[t - 1 for t in tags]] = 1.0  # class c (1..C) is output c - 1
+    return target
+
+
+def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:  # small batches: keep the pretrained BatchNorm statistics
+        for m in model.backbone.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def make_optimizer(model, cfg: dict) -> torch.optim.Optimizer:
+    new = {id(p) for m in model.new_modules() for p in m.parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in new], "lr": cfg["lr"], "base_lr": cfg["lr"]},
+        {"params": [p for p in model.parameters() if id(p) in new],
+         "lr": cfg["lr"] * cfg["new_layer_lr_mult"], "base_lr": cfg["lr"] * cfg["new_layer_lr_mult"]},
+    ]
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    return torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
+
+
+def drs_deltas(model) -> list[float]:
+    """Mean delta of each learnable DRS module on the last batch (empty without them)."""
+    return [float(m.last_delta.mean()) for m in model.modules()
+            if isinstance(m, LearnableDRS) and m.last_delta is not None]
+
+
+def fit(model, loader: DataLoader, cfg: dict, device: torch.device) -> list[dict]:
+    loss_fn = LOSSES.get("multilabel_soft_margin")
+    opt = make_optimizer(model, cfg)
+    total, step, history = cfg["epochs"] * len(loader), 0, []
+    model.to(device)
+    bar = tqdm(total=total, desc="train classifier", unit="batch", dynamic_ncols=True)
+    for epoch in range(cfg["epochs"]):
+        set_train_mode(model, cfg["freeze_bn"])
+        losses, start = [], time.perf_counter()
+        for x, y in loader:
+            for group in opt.param_groups:
+                group["lr"] = poly_lr(group["base_lr"], step, total)
+            logits, _ = model(x.to(device))
+            loss = loss_fn(logits, y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.4f}")
+        deltas = drs_deltas(model)
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - start,
+                        "drs_delta_mean": float(np.mean(deltas)) if deltas else None})
+    bar.close()
+    return history
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """AP per class (NaN where a class has no positive), ranking by score."""
+    aps = np.full(scores.shape[1], np.nan)
+    for c in range(scores.shape[1]):
+        positives = targets[:, c].sum()
+        if positives == 0:
+            continue
+        order = np.argsort(-scores[:, c], kind="stable")
+        hits = targets[order, c]
+        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        aps[c] = float((precision * hits).sum() / positives)
+    return aps
+
+
+@torch.no_grad()
+def predict_scores(model, root, rows: list[dict], long_side: int, device) -> np.ndarray:
+    model.eval().to(device)
+    out = []
+    for row in tqdm(rows, desc="classifier val", unit="img", dynamic_ncols=True):
+        image = images.resize_long(data.load_image(root, row["id"]), long_side)
+        logits, _ = model(images.to_tensor(image)[None].to(device))
+        out.append(torch.sigmoid(logits)[0].cpu().numpy())
+    return np.stack(out) if out else np.zeros((0, 0))
+
+
+def model_config(cfg: dict, classes: list[str]) -> dict:
+    return {"classifier": cfg, "classes": classes}
+
+
+def main(params: dict) -> dict:
+    cfg = params["classifier"]
+    seed_everything(cfg["seed"])
+    device = resolve_device(cfg["device"])
+    manifest, classes, root = data.read_manifest(paths.MANIFEST)
+    train_rows = data.split_rows(manifest, params["data"]["train_split"])
+    if cfg["limit"]:
+        train_rows = train_rows[: cfg["limit"]]
+    n_fg = len(classes) - 1
+    model = build_localizer(cfg, n_fg)
+    loader = DataLoader(
+        TaggedImages(root, train_rows, n_fg, cfg["crop_size"], tuple(cfg["resize_long"]), cfg["seed"]),
+        batch_size=min(cfg["batch_size"], len(train_rows)), shuffle=True, drop_last=True,
+        num_workers=cfg["num_workers"], generator=torch.Generator().manual_seed(cfg["seed"]),
+    )
+    start = time.perf_counter()
+    history = fit(model, loader, cfg, device)
+    train_seconds = time.perf_counter() - start
+    save_checkpoint(paths.CLASSIFIER, model, model_config(cfg, classes))
+
+    # Classifier quality on held-out image-level tags (weak labels only; masks are not touched).
+    val_rows = data.split_rows(manifest, params["data"]["val_split"])
+    metrics = {"train_seconds": round(train_seconds, 1), "epochs": cfg["epochs"], "n_train": len(train_rows),
+               "final_loss": round(history[-1]["loss"], 5), "device": str(device)}
+    if val_rows:
+        scores = predict_scores(model, root, val_rows, cfg["crop_size"], device)
+        targets = np.stack([multi_hot(r["tags"], n_fg).numpy() for r in val_rows])
+        aps = average_precision(scores, targets)
+        metrics["val_map"] = round(100 * float(np.nanmean(aps)), 2)
+        metrics["val_ap"] = {classes[c + 1]: (None if np.isnan(a) else round(100 * a, 2)) for c, a in enumerate(aps)}
+    if history[-1]["drs_delta_mean"] is not None:
+        metrics["drs_delta_mean"] = round(history[-1]["drs_delta_mean"], 4)
+    write_json(metrics, paths.METRICS / "classifier.json")
+    csv = "epoch,loss,seconds\n" + "".join(f"{h['epoch']},{h['loss']:.6f},{h['seconds']:.2f}\n" for h in history)
+    write_text(csv, paths.PLOTS / "classifier_train.csv")
+    return metrics
