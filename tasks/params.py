@@ -93,6 +93,8 @@ SCHEMA: dict = {
         "crop_size": F(int, min=32, max=2048),
         "resize_long": F(list, item=F(int, min=16, max=4096), length=2),
         "optimizer": F(str, choices=("sgd", "adamw")),
+        "lr_schedule": F(str, choices=("poly", "step")),
+        "lr_step_epochs": F(list, item=F(int, min=1)),   # step schedule: lr x 0.1 at each
         "lr": F(float, min=0.0, max=10.0),
         "new_layer_lr_mult": F(float, min=0.0, max=1000.0),
         "weight_decay": F(float, min=0.0, max=1.0),

@@ -37,5 +37,8 @@ def load_checkpoint(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def poly_lr(base: float, step: int, total: int, power: float = 0.9) -> float:
-    return base * (1 - step / max(total, 1)) ** power
+def scheduled_lr(base: float, cfg: dict, step: int, total: int, epoch: int) -> float:
+    """The classifier's schedule: polynomial decay per step, or x0.1 at each milestone epoch."""
+    if cfg["lr_schedule"] == "step":
+        return base * 0.1 ** sum(epoch >= e for e in cfg["lr_step_epochs"])
+    return base * (1 - step / max(total, 1)) ** 0.9

@@ -17,7 +17,7 @@ from models.drs import LearnableDRS
 from models.registry import LOSSES
 from tasks import data, images, paths
 from tasks.io import write_json, write_text
-from tasks.runtime import poly_lr, resolve_device, save_checkpoint, seed_everything
+from tasks.runtime import scheduled_lr, resolve_device, save_checkpoint, seed_everything
 
 
 class TaggedImages(Dataset):
@@ -83,7 +83,7 @@ def fit(model, loader: DataLoader, cfg: dict, device: torch.device) -> list[dict
         losses, start = [], time.perf_counter()
         for x, y in loader:
             for group in opt.param_groups:
-                group["lr"] = poly_lr(group["base_lr"], step, total)
+                group["lr"] = scheduled_lr(group["base_lr"], cfg, step, total, epoch)
             logits, _ = model(x.to(device))
             loss = loss_fn(logits, y.to(device))
             opt.zero_grad(set_to_none=True)

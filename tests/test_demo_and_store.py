@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from tasks import data, demo, mapstore
+from tasks.evaluate import ThresholdSweep, maps_to_labels
+
+
+def test_demo_is_deterministic_and_multilabel(tmp_path):
+    demo.generate(tmp_path / "a", seed=3, n_train=6, n_val=2, image_size=64)
+    demo.generate(tmp_path / "b", seed=3, n_train=6, n_val=2, image_size=64)
+    for sub in ("JPEGImages/demo_train_00004.jpg", "SegmentationClass/demo_train_00004.png"):
+        assert (tmp_path / "a" / sub).read_bytes() == (tmp_path / "b" / sub).read_bytes()
+    table, classes = data.scan(tmp_path / "a", ["train", "val"])
+    rows = table.to_pylist()
+    assert classes == demo.CLASSES and len(rows) == 8
+    assert any(len(r["tags"]) > 1 for r in rows)
+
+
+def test_demo_marks_are_small_parts_of_bodies():
+    rng = np.random.default_rng(0)
+    image, mask = demo.render_scene(rng, 128)
+    for cls in set(np.unique(mask)) - {0, 255}:
+        colour = demo.MARK_COLOURS[cls - 1]
+        near = np.abs(image.astype(float) - colour).sum(-1) < 60
+        body = mask == cls
+        mark_fraction = (near & body).sum() / body.sum()
+        assert mark_fraction < 0.25  # the discriminative part is a small share of the object
+
+
+def test_mapstore_roundtrip_and_atomic_replace(tmp_path):
+    rng = np.random.default_rng(0)
+    records = [(f"im{i}", [1, 3][: i % 2 + 1], rng.random((i % 2 + 1, 7, 9)).astype(np.float32)) for i in range(5)]
+    assert mapstore.write(iter(records), tmp_path / "maps", shard_size=2) == 5
+    assert len(list((tmp_path / "maps").glob("part-*.parquet"))) == 3
+    back = list(mapstore.read(tmp_path / "maps"))
+    for (i, c, m), (i2, c2, m2) in zip(records, back):
+        assert i == i2 and c == c2 and np.abs(m - m2).max() <= 0.5 / 255 + 1e-6
+
+    def broken():
+        yield records[0]
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        mapstore.write(broken(), tmp_path / "maps", shard_size=2)
+    assert len(list(mapstore.read(tmp_path / "maps"))) == 5  # the complete old version is intact
+
+
+def test_threshold_sweep_finds_the_separating_threshold():
+    mask = np.zeros((4, 4), np.uint8)
+    mask[:2] = 2
+    maps = np.where(mask == 2, 0.8, 0.3).astype(np.float32)[None]
+    labels = maps_to_labels(maps, [2], 0.5)
+    np.testing.assert_array_equal(labels, mask)
+    sweep = ThresholdSweep([0.2, 0.5, 0.9], 3)
+    sweep.add(maps, [2], mask)
+    result = sweep.result(["bg", "a", "b"])
+    assert result["threshold"] == 0.5 and result["miou"] == 100.0 and not result["best_at_sweep_edge"]
