@@ -9,6 +9,7 @@ import importlib
 import json
 import sys
 
+from tasks import tracking
 from tasks.params import ParamsError, load
 
 STAGES = {
@@ -22,7 +23,8 @@ STAGES = {
 def run_stage(name: str, params: dict) -> dict:
     if name not in STAGES:
         raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
-    return importlib.import_module(STAGES[name]).main(params)
+    with tracking.stage_run(name, params):
+        return importlib.import_module(STAGES[name]).main(params)
 
 
 def main(argv: list[str] | None = None) -> int:

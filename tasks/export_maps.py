@@ -14,7 +14,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from models.classifier import build_localizer
-from tasks import data, images, paths
+from tasks import data, images, paths, tracking
 from tasks.evaluate import ThresholdSweep, thresholds
 from tasks.io import atomic_path, write_json, write_text
 from tasks.mapstore import write as write_maps
@@ -100,4 +100,6 @@ def main(params: dict) -> dict:
         sweep_csv += "".join(f"{s['threshold']},{s['miou']}\n" for s in result["sweep"])
     write_text(sweep_csv, paths.PLOTS / "maps_sweep.csv")
     write_json(metrics, paths.METRICS / "maps.json")
+    tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    tracking.log_artifact(report_dir, "overlays")
     return metrics

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from models.classifier import build_localizer
 from models.drs import LearnableDRS
 from models.registry import LOSSES
-from tasks import data, images, paths
+from tasks import data, images, paths, tracking
 from tasks.io import write_json, write_text
 from tasks.runtime import scheduled_lr, resolve_device, save_checkpoint, seed_everything
 
@@ -96,6 +96,7 @@ def fit(model, loader: DataLoader, cfg: dict, device: torch.device) -> list[dict
         deltas = drs_deltas(model)
         history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - start,
                         "drs_delta_mean": float(np.mean(deltas)) if deltas else None})
+        tracking.log_metrics({k: v for k, v in history[-1].items() if v is not None and k != "epoch"}, step=epoch + 1)
     bar.close()
     return history
 
@@ -162,6 +163,7 @@ def main(params: dict) -> dict:
     if history[-1]["drs_delta_mean"] is not None:
         metrics["drs_delta_mean"] = round(history[-1]["drs_delta_mean"], 4)
     write_json(metrics, paths.METRICS / "classifier.json")
+    tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     csv = "epoch,loss,seconds\n" + "".join(f"{h['epoch']},{h['loss']:.6f},{h['seconds']:.2f}\n" for h in history)
     write_text(csv, paths.PLOTS / "classifier_train.csv")
     return metrics
