@@ -153,23 +153,24 @@ class VGG16(nn.Module):
         return self.features(x)
 
 
-@BACKBONES.register("resnet50")
-class ResNet50(nn.Module):
-    """torchvision ResNet-50 with dilated last stage(s); DRS after chosen bottleneck outputs."""
+class _ResNet(nn.Module):
+    """torchvision ResNet with dilated last stage(s); DRS after chosen bottleneck outputs."""
 
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     out_channels = 2048
+    depth = 50
 
     def __init__(self, pretrained: bool = False, output_stride: int = 16, drs: DrsFactory = _no_drs,
                  placement: Placement | None = None):
         super().__init__()
-        from torchvision.models import ResNet50_Weights, resnet50
+        from torchvision import models as tvm
 
         placement = placement or Placement([])
         dilate = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}[output_stride]
-        net = resnet50(weights=None, replace_stride_with_dilation=dilate)
+        net = getattr(tvm, f"resnet{self.depth}")(weights=None, replace_stride_with_dilation=dilate)
         if pretrained:
-            net.load_state_dict(_torch_hub_weights(ResNet50_Weights.IMAGENET1K_V1))
+            weights = getattr(tvm, f"ResNet{self.depth}_Weights").IMAGENET1K_V1
+            net.load_state_dict(_torch_hub_weights(weights))
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         blocks = [b for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for b in layer]
         out = []
@@ -183,6 +184,16 @@ class ResNet50(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.stem(x))
+
+
+@BACKBONES.register("resnet50")
+class ResNet50(_ResNet):
+    depth = 50
+
+
+@BACKBONES.register("resnet101")
+class ResNet101(_ResNet):
+    depth = 101
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:

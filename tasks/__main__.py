@@ -17,6 +17,12 @@ STAGES = {
     "manifest": "tasks.manifest",
     "train_classifier": "tasks.train_classifier",
     "export_maps": "tasks.export_maps",
+    "train_refiner": "tasks.train_refiner",
+    "export_refined": "tasks.export_refined",
+    "pseudo_labels": "tasks.pseudo_labels",
+    "train_segmenter": "tasks.train_segmenter",
+    "train_reference": "tasks.train_reference",
+    "summarize": "tasks.summarize",
 }
 
 

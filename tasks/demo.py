@@ -11,33 +11,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tasks.images import palette
 from tasks.io import atomic_path
 
 CLASSES = ["background", "beetle", "fish", "kite", "robot"]
 MARK_COLOURS = np.array([[230, 30, 40], [250, 210, 20], [40, 200, 240], [150, 60, 220]], dtype=np.float32)
 STRIPE_ANGLES = np.deg2rad([0.0, 45.0, 90.0, 135.0])
 BODY_COLOURS = np.array([[120, 100, 80], [90, 110, 90], [110, 110, 130], [140, 120, 100]], dtype=np.float32)
-VOC_PALETTE = None  # filled lazily by palette()
-
-
-def palette() -> list[int]:
-    """The standard PASCAL VOC colour map (256 entries), so demo masks look like VOC's."""
-    global VOC_PALETTE
-    if VOC_PALETTE is None:
-        pal = []
-        for i in range(256):
-            r = g = b = 0
-            c = i
-            for j in range(8):
-                r |= ((c >> 0) & 1) << (7 - j)
-                g |= ((c >> 1) & 1) << (7 - j)
-                b |= ((c >> 2) & 1) << (7 - j)
-                c >>= 3
-            pal += [r, g, b]
-        VOC_PALETTE = pal
-    return VOC_PALETTE
-
-
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     coarse = rng.random((cells, cells, 3)).astype(np.float32)
     img = Image.fromarray((coarse * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)

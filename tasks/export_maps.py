@@ -1,12 +1,13 @@
 """Stage 2: class activation maps for every tagged class of every training image.
 
-Core: `multiscale_cams` (model, image, tags in; k x H x W maps in [0, 1] out), batched over the
-flips of each scale. `main` streams them into packed shards, scores them against masks where
-there are masks (metrics/maps.json) and writes a few overlays.
+Core: `multiscale_maps` (model, image, tags in; k x H x W maps in [0, 1] out), batched over the
+flips of each scale. `export` streams them into packed shards, scores them against masks where
+there are masks and writes a few overlays; the refined-map stage reuses it with its own model.
 """
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,9 +23,13 @@ from tasks.runtime import load_checkpoint, resolve_device
 
 
 @torch.no_grad()
-def multiscale_cams(model, image: np.ndarray, tags: list[int], scales: list[float], flip: bool,
-                    device: torch.device) -> np.ndarray:
-    """Sum of ReLU'd CAMs over scales (and horizontal flips), each class scaled to max 1."""
+def multiscale_maps(model, image: np.ndarray, tags: list[int], scales: list[float], flip: bool,
+                    device: torch.device, normalize: bool = True) -> np.ndarray:
+    """ReLU'd class maps over scales (and horizontal flips) at image size.
+
+    normalize=True (CAMs): the sum, each class scaled to max 1. normalize=False (refined maps,
+    which are trained to be in [0, 1] already): the mean, clipped to [0, 1].
+    """
     h, w = image.shape[:2]
     if not tags:
         return np.zeros((0, h, w), np.float32)
@@ -34,18 +39,21 @@ def multiscale_cams(model, image: np.ndarray, tags: list[int], scales: list[floa
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         x = images.to_tensor(np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)))[None].to(device)
         batch = torch.cat([x, x.flip(-1)]) if flip else x
-        cams = model.cams(batch)[:, channels]
+        maps = torch.relu(model(batch)[1])[:, channels]
         if flip:
-            cams = torch.cat([cams[:1], cams[1:].flip(-1)])
-        total += images.upsample(cams, (h, w)).sum(0)
-    peak = total.flatten(1).amax(1).clamp_min(1e-5)[:, None, None]
-    return (total / peak).cpu().numpy()
+            maps = torch.cat([maps[:1], maps[1:].flip(-1)])
+        total += images.upsample(maps, (h, w)).sum(0)
+    if normalize:
+        total = total / total.flatten(1).amax(1).clamp_min(1e-5)[:, None, None]
+    else:
+        total = (total / (len(scales) * (2 if flip else 1))).clamp(0, 1)
+    return total.cpu().numpy()
 
 
-def load_localizer(device: torch.device):
-    ckpt = load_checkpoint(paths.CLASSIFIER)
+def load_model(path: Path, device: torch.device):
+    """A CAM-style model from its checkpoint (weights from the file; no ImageNet weights loaded)."""
+    ckpt = load_checkpoint(path)
     cfg, classes = ckpt["config"]["classifier"], ckpt["config"]["classes"]
-    # The weights come from the checkpoint, so the backbone's ImageNet weights need not be loaded.
     model = build_localizer({**cfg, "pretrained": False}, len(classes) - 1)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval().to(device), classes
@@ -56,32 +64,28 @@ def overlay(image: np.ndarray, maps: np.ndarray, mask: np.ndarray | None) -> np.
     heat = maps.max(0) if len(maps) else np.zeros(image.shape[:2], np.float32)
     panels = [image, images.blend(image, images.colourise(heat))]
     if mask is not None:
-        from tasks.demo import palette
-
-        pal = np.array(palette(), np.uint8).reshape(-1, 3)
-        panels.append(pal[mask])
+        panels.append(images.colour_labels(mask))
     return np.concatenate(panels, axis=1)
 
 
-def main(params: dict) -> dict:
+def export(model, classes: list[str], params: dict, device, store: Path, name: str, normalize: bool) -> dict:
+    """Maps for the training split into `store`; metrics/<name>.json, plots/<name>_sweep.csv, reports/<name>/."""
     cfg = params["maps"]
-    device = resolve_device(params["classifier"]["device"])
-    model, classes = load_localizer(device)
     manifest, manifest_classes, root = data.read_manifest(paths.MANIFEST)
     if manifest_classes != classes:
-        raise ValueError("the classifier was trained on other classes than the manifest lists: rerun train_classifier")
+        raise ValueError(f"{name}: the model was trained on other classes than the manifest lists; rerun training")
     rows = data.split_rows(manifest, params["data"]["train_split"])
     sweep = ThresholdSweep(thresholds(cfg["threshold_start"], cfg["threshold_stop"], cfg["threshold_step"]), len(classes))
-    report_dir = paths.REPORTS / "maps"
+    report_dir = paths.REPORTS / name
     evaluated, start = 0, time.perf_counter()
 
     def records():
         nonlocal evaluated
         with atomic_path(report_dir) as tmp_reports:
             tmp_reports.mkdir()
-            for i, row in enumerate(tqdm(rows, desc="export maps", unit="img", dynamic_ncols=True)):
+            for i, row in enumerate(tqdm(rows, desc=f"export {name}", unit="img", dynamic_ncols=True)):
                 image = data.load_image(root, row["id"])
-                maps = multiscale_cams(model, image, row["tags"], cfg["scales"], cfg["flip"], device)
+                maps = multiscale_maps(model, image, row["tags"], cfg["scales"], cfg["flip"], device, normalize)
                 mask = data.load_mask(root, row["id"], len(classes)) if row["has_mask"] else None
                 if mask is not None:
                     sweep.add(maps, row["tags"], mask)
@@ -90,7 +94,7 @@ def main(params: dict) -> dict:
                     Image.fromarray(overlay(image, maps, mask)).save(tmp_reports / f"{row['id']}.png")
                 yield row["id"], row["tags"], maps
 
-    n = write_maps(records(), paths.MAPS, cfg["shard_size"])
+    n = write_maps(records(), store, cfg["shard_size"])
     metrics = {"n_images": n, "n_evaluated": evaluated, "seconds": round(time.perf_counter() - start, 1),
                "scales": cfg["scales"], "flip": cfg["flip"]}
     sweep_csv = "threshold,miou\n"
@@ -98,8 +102,14 @@ def main(params: dict) -> dict:
         result = sweep.result(classes)
         metrics = {**result, **metrics}
         sweep_csv += "".join(f"{s['threshold']},{s['miou']}\n" for s in result["sweep"])
-    write_text(sweep_csv, paths.PLOTS / "maps_sweep.csv")
-    write_json(metrics, paths.METRICS / "maps.json")
+    write_text(sweep_csv, paths.PLOTS / f"{name}_sweep.csv")
+    write_json(metrics, paths.METRICS / f"{name}.json")
     tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    tracking.log_artifact(report_dir, "overlays")
+    tracking.log_artifact(report_dir, f"{name}_overlays")
     return metrics
+
+
+def main(params: dict) -> dict:
+    device = resolve_device(params["classifier"]["device"])
+    model, classes = load_model(paths.CLASSIFIER, device)
+    return export(model, classes, params, device, paths.MAPS, "maps", normalize=True)

@@ -19,17 +19,24 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)
 
 
-def random_crop(image: np.ndarray, size: int, rng: np.random.Generator, fill: int = 127) -> np.ndarray:
-    """A size x size crop, padding with `fill` where the image is smaller."""
-    h, w = image.shape[:2]
-    out = np.full((size, size) + image.shape[2:], fill, dtype=image.dtype)
-    y0 = int(rng.integers(0, max(h - size, 0) + 1))
-    x0 = int(rng.integers(0, max(w - size, 0) + 1))
-    oy = int(rng.integers(0, max(size - h, 0) + 1))
-    ox = int(rng.integers(0, max(size - w, 0) + 1))
-    crop = image[y0:y0 + size, x0:x0 + size]
+def crop_box(h: int, w: int, size: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(y0, x0, oy, ox): where to cut from the source and where to paste it in a size x size canvas."""
+    return (int(rng.integers(0, max(h - size, 0) + 1)), int(rng.integers(0, max(w - size, 0) + 1)),
+            int(rng.integers(0, max(size - h, 0) + 1)), int(rng.integers(0, max(size - w, 0) + 1)))
+
+
+def apply_crop(array: np.ndarray, box: tuple[int, int, int, int], size: int, fill) -> np.ndarray:
+    """Cut `box` (from crop_box) out of an H x W (x C) array, padding with `fill`."""
+    y0, x0, oy, ox = box
+    out = np.full((size, size) + array.shape[2:], fill, dtype=array.dtype)
+    crop = array[y0:y0 + size, x0:x0 + size]
     out[oy:oy + crop.shape[0], ox:ox + crop.shape[1]] = crop
     return out
+
+
+def random_crop(image: np.ndarray, size: int, rng: np.random.Generator, fill: int = 127) -> np.ndarray:
+    """A size x size crop, padding with `fill` where the image is smaller."""
+    return apply_crop(image, crop_box(*image.shape[:2], size, rng), size, fill)
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -48,3 +55,26 @@ def colourise(values: np.ndarray) -> np.ndarray:
 
 def blend(image: np.ndarray, overlay: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     return (image.astype(np.float32) * (1 - alpha) + overlay.astype(np.float32) * alpha).astype(np.uint8)
+
+
+_PALETTE: list[int] = []
+
+
+def palette() -> list[int]:
+    """The standard PASCAL VOC colour map (256 entries x RGB), for label PNGs."""
+    if not _PALETTE:
+        for i in range(256):
+            r = g = b = 0
+            c = i
+            for j in range(8):
+                r |= ((c >> 0) & 1) << (7 - j)
+                g |= ((c >> 1) & 1) << (7 - j)
+                b |= ((c >> 2) & 1) << (7 - j)
+                c >>= 3
+            _PALETTE.extend([r, g, b])
+    return _PALETTE
+
+
+def colour_labels(labels: np.ndarray) -> np.ndarray:
+    """HxW class indices to HxWx3 VOC colours."""
+    return np.array(palette(), np.uint8).reshape(-1, 3)[labels]

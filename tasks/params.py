@@ -63,6 +63,51 @@ def _names(kinds) -> str:
 POS_INT = F(int, min=1)
 PROB = F(float, min=0.0, max=1.0)
 
+# What every trained network's section holds: the optimisation budget and schedule.
+TRAINING = {
+    "freeze_bn": F(bool),
+    "epochs": F(int, min=1, max=1000),
+    "batch_size": F(int, min=1, max=1024),
+    "crop_size": F(int, min=32, max=2048),
+    "resize_long": F(list, item=F(int, min=16, max=4096), length=2),
+    "optimizer": F(str, choices=("sgd", "adamw")),
+    "lr_schedule": F(str, choices=("poly", "step")),
+    "lr_step_epochs": F(list, item=F(int, min=1)),   # step schedule: lr x 0.1 at each
+    "lr": F(float, min=0.0, max=10.0),
+    "new_layer_lr_mult": F(float, min=0.0, max=1000.0),
+    "weight_decay": F(float, min=0.0, max=1.0),
+    "momentum": F(float, min=0.0, max=1.0),
+    "seed": F(int, min=0),
+    "device": F(str, pattern=r"auto|cpu|cuda(:[0-9]+)?"),
+    "num_workers": F(int, min=0, max=64),
+}
+# A CAM-style network: backbone, output stride, the paper's extra convs.
+LOCALIZER = {
+    "backbone": F(str),
+    "pretrained": F(bool),
+    "output_stride": F(int, choices=(8, 16, 32)),
+    "extra_convs": F(int, min=0, max=8),
+    "extra_channels": POS_INT,
+}
+CRF = {
+    "iterations": F(int, min=1, max=100),
+    "gaussian_sxy": F(float, min=0.0, max=1000.0),
+    "gaussian_compat": F(float, min=0.0, max=1000.0),
+    "bilateral_sxy": F(float, min=0.0, max=1000.0),
+    "bilateral_srgb": F(float, min=0.0, max=1000.0),
+    "bilateral_compat": F(float, min=0.0, max=1000.0),
+}
+SEGMENTER = {
+    "backbone": F(str),
+    "head": F(str),
+    "pretrained": F(bool),
+    "output_stride": F(int, choices=(8, 16, 32)),
+    "aspp_channels": POS_INT,
+    "aspp_rates": F(list, item=F(int, min=1, max=64)),
+    "val_flip": F(bool),
+    **TRAINING,
+}
+
 SCHEMA: dict = {
     "profile": F(str, pattern=r"[a-z0-9_]+"),
     "data": {
@@ -77,31 +122,13 @@ SCHEMA: dict = {
         "image_size": F(int, min=48, max=2048),
     },
     "classifier": {
-        "backbone": F(str),
-        "pretrained": F(bool),
-        "output_stride": F(int, choices=(8, 16, 32)),
-        "extra_convs": F(int, min=0, max=8),
-        "extra_channels": POS_INT,
+        **LOCALIZER,
         "drs": {
             "mode": F(str, choices=("none", "fixed", "learnable")),
             "delta": F(float, min=0.0, max=1.0),
             "placement": F(list, item=F(str, pattern=r"extra|head|all|blocks:[1-9][0-9]*")),
         },
-        "freeze_bn": F(bool),
-        "epochs": F(int, min=1, max=1000),
-        "batch_size": F(int, min=1, max=1024),
-        "crop_size": F(int, min=32, max=2048),
-        "resize_long": F(list, item=F(int, min=16, max=4096), length=2),
-        "optimizer": F(str, choices=("sgd", "adamw")),
-        "lr_schedule": F(str, choices=("poly", "step")),
-        "lr_step_epochs": F(list, item=F(int, min=1)),   # step schedule: lr x 0.1 at each
-        "lr": F(float, min=0.0, max=10.0),
-        "new_layer_lr_mult": F(float, min=0.0, max=1000.0),
-        "weight_decay": F(float, min=0.0, max=1.0),
-        "momentum": F(float, min=0.0, max=1.0),
-        "seed": F(int, min=0),
-        "device": F(str, pattern=r"auto|cpu|cuda(:[0-9]+)?"),
-        "num_workers": F(int, min=0, max=64),
+        **TRAINING,
         "limit": F(int, min=0),
     },
     "maps": {
@@ -113,6 +140,21 @@ SCHEMA: dict = {
         "n_overlays": F(int, min=0, max=1000),
         "shard_size": F(int, min=1, max=100000),
     },
+    "refiner": {**LOCALIZER, **TRAINING},
+    "pseudo_labels": {
+        "bg_threshold": PROB,
+        "temperature": F(float, min=0.001, max=10.0),
+        "uncertain_margin": PROB,
+        "saliency_dir": F(str),            # under data.root; empty: use bg_threshold
+        "saliency_threshold": PROB,
+        "claim_threshold": PROB,
+        "crf": CRF,
+        "workers": F(int, min=0, max=256),  # 0: all cores
+        "shard_size": F(int, min=1, max=100000),
+        "n_samples": F(int, min=0, max=1000),
+    },
+    "segmenter": {**SEGMENTER, "crf": CRF},
+    "reference": {"enabled": F(bool)},
 }
 
 # Keys a file may leave out, with their defaults.

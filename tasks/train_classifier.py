@@ -15,9 +15,9 @@ from tqdm import tqdm
 from models.classifier import build_localizer
 from models.drs import LearnableDRS
 from models.registry import LOSSES
-from tasks import data, images, paths, tracking
+from tasks import data, images, paths, tracking, trainer
 from tasks.io import write_json, write_text
-from tasks.runtime import scheduled_lr, resolve_device, save_checkpoint, seed_everything
+from tasks.runtime import resolve_device, save_checkpoint, seed_everything
 
 
 class TaggedImages(Dataset):
@@ -46,59 +46,24 @@ def multi_hot(tags: list[int], n_fg: int) -> torch.Tensor:
     return target
 
 
-def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
-    model.train()
-    if freeze_bn:  # small batches: keep the pretrained BatchNorm statistics
-        for m in model.backbone.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
-
-
-def make_optimizer(model, cfg: dict) -> torch.optim.Optimizer:
-    new = {id(p) for m in model.new_modules() for p in m.parameters()}
-    groups = [
-        {"params": [p for p in model.parameters() if id(p) not in new], "lr": cfg["lr"], "base_lr": cfg["lr"]},
-        {"params": [p for p in model.parameters() if id(p) in new],
-         "lr": cfg["lr"] * cfg["new_layer_lr_mult"], "base_lr": cfg["lr"] * cfg["new_layer_lr_mult"]},
-    ]
-    if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
-    return torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
-
-
 def drs_deltas(model) -> list[float]:
     """Mean delta of each learnable DRS module on the last batch (empty without them)."""
     return [float(m.last_delta.mean()) for m in model.modules()
             if isinstance(m, LearnableDRS) and m.last_delta is not None]
 
 
+def classification_loss(model, batch):
+    images_, targets = batch
+    logits, _ = model(images_)
+    return LOSSES.get("multilabel_soft_margin")(logits, targets)
+
+
 def fit(model, loader: DataLoader, cfg: dict, device: torch.device) -> list[dict]:
-    loss_fn = LOSSES.get("multilabel_soft_margin")
-    opt = make_optimizer(model, cfg)
-    total, step, history = cfg["epochs"] * len(loader), 0, []
-    model.to(device)
-    bar = tqdm(total=total, desc="train classifier", unit="batch", dynamic_ncols=True)
-    for epoch in range(cfg["epochs"]):
-        set_train_mode(model, cfg["freeze_bn"])
-        losses, start = [], time.perf_counter()
-        for x, y in loader:
-            for group in opt.param_groups:
-                group["lr"] = scheduled_lr(group["base_lr"], cfg, step, total, epoch)
-            logits, _ = model(x.to(device))
-            loss = loss_fn(logits, y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            step += 1
-            bar.update()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.4f}")
+    def stats():
         deltas = drs_deltas(model)
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - start,
-                        "drs_delta_mean": float(np.mean(deltas)) if deltas else None})
-        tracking.log_metrics({k: v for k, v in history[-1].items() if v is not None and k != "epoch"}, step=epoch + 1)
-    bar.close()
-    return history
+        return {"drs_delta_mean": float(np.mean(deltas)) if deltas else None}
+
+    return trainer.fit(model, loader, cfg, device, classification_loss, "train classifier", stats)
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -164,6 +129,5 @@ def main(params: dict) -> dict:
         metrics["drs_delta_mean"] = round(history[-1]["drs_delta_mean"], 4)
     write_json(metrics, paths.METRICS / "classifier.json")
     tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-    csv = "epoch,loss,seconds\n" + "".join(f"{h['epoch']},{h['loss']:.6f},{h['seconds']:.2f}\n" for h in history)
-    write_text(csv, paths.PLOTS / "classifier_train.csv")
+    write_text(trainer.history_csv(history), paths.PLOTS / "classifier_train.csv")
     return metrics

@@ -1,0 +1,66 @@
+"""DeepLab-style segmentation: a registered backbone plus a registered head (ASPP by default)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.backbones import build_backbone
+from models.registry import HEADS
+
+
+def _conv_bn_relu(cin: int, cout: int, k: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=dilation * (k - 1) // 2, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+@HEADS.register("aspp")
+class ASPPHead(nn.Module):
+    """Atrous spatial pyramid pooling (DeepLabV3): 1x1, dilated 3x3 branches and image pooling."""
+
+    def __init__(self, in_channels: int, n_classes: int, channels: int = 128, rates=(6, 12, 18)):
+        super().__init__()
+        self.branches = nn.ModuleList([_conv_bn_relu(in_channels, channels)] +
+                                      [_conv_bn_relu(in_channels, channels, 3, r) for r in rates])
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, channels, 1), nn.ReLU(inplace=True))
+        self.project = nn.Sequential(_conv_bn_relu(channels * (len(rates) + 2), channels), nn.Dropout(0.1),
+                                     _conv_bn_relu(channels, channels, 3))
+        self.classifier = nn.Conv2d(channels, n_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pool(x).expand(-1, -1, *x.shape[-2:])
+        return self.classifier(self.project(torch.cat([b(x) for b in self.branches] + [pooled], 1)))
+
+
+@HEADS.register("deeplabv3")
+def torchvision_deeplabv3_head(in_channels: int, n_classes: int, channels: int = 256, rates=(12, 24, 36)):
+    """torchvision's DeepLabV3 head (with a ResNet backbone: torchvision's DeepLabV3-ResNet)."""
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+
+    return DeepLabHead(in_channels, n_classes, atrous_rates=tuple(rates))
+
+
+class Segmenter(nn.Module):
+    def __init__(self, n_classes: int, backbone: str = "efficientnet_lite0", head: str = "aspp",
+                 pretrained: bool = True, output_stride: int = 16, aspp_channels: int = 128, aspp_rates=(6, 12, 18)):
+        super().__init__()
+        self.backbone = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride)
+        self.head = HEADS.get(head, key="segmenter.head")(self.backbone.out_channels, n_classes,
+                                                            channels=aspp_channels, rates=tuple(aspp_rates))
+        self.register_buffer("mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
+
+    def new_modules(self) -> list[nn.Module]:
+        return [self.head]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-pixel class logits at the input's size, for images in 0..255."""
+        x = (images / 255.0 - self.mean) / self.std
+        return F.interpolate(self.head(self.backbone(x)), size=images.shape[-2:], mode="bilinear",
+                             align_corners=False)
+
+
+def build_segmenter(cfg: dict, n_classes: int) -> Segmenter:
+    return Segmenter(n_classes, backbone=cfg["backbone"], head=cfg["head"], pretrained=cfg["pretrained"],
+                     output_stride=cfg["output_stride"], aspp_channels=cfg["aspp_channels"],
+                     aspp_rates=cfg["aspp_rates"])

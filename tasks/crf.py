@@ -1,0 +1,27 @@
+"""Dense CRF (Krähenbühl and Koltun) over class probabilities, via pydensecrf."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: dict) -> np.ndarray:
+    """Refine per-pixel class probabilities (C x H x W, summing to 1) with Gaussian and bilateral
+    pairwise terms; returns the CRF's marginals, C x H x W float32.
+
+    cfg keys: iterations, gaussian_sxy, gaussian_compat, bilateral_sxy, bilateral_srgb, bilateral_compat.
+    """
+    import pydensecrf.densecrf as dcrf
+
+    c, h, w = probs.shape
+    if image.shape[:2] != (h, w):
+        raise ValueError(f"image {image.shape[:2]} and probabilities {(h, w)} differ in size")
+    crf = dcrf.DenseCRF2D(w, h, c)
+    unary = -np.log(np.clip(probs, 1e-6, 1.0)).reshape(c, -1)
+    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+    crf.addPairwiseGaussian(sxy=cfg["gaussian_sxy"], compat=cfg["gaussian_compat"])
+    # pydensecrf needs a writable, C-contiguous uint8 image.
+    rgb = np.array(image, dtype=np.uint8, order="C", copy=True)
+    crf.addPairwiseBilateral(sxy=cfg["bilateral_sxy"], srgb=cfg["bilateral_srgb"], rgbim=rgb,
+                             compat=cfg["bilateral_compat"])
+    q = crf.inference(cfg["iterations"])
+    return np.asarray(q, dtype=np.float32).reshape(c, h, w)

@@ -1,0 +1,69 @@
+"""Segment a folder of new images with the trained segmenter: palette PNGs and overlays.
+
+    python -m tasks.predict IN_DIR OUT_DIR [--checkpoint artifacts/segmenter.pt] [--crf]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from tasks import images, labelstore, paths
+from tasks.crf import dense_crf
+from tasks.io import atomic_path
+from tasks.params import load
+from tasks.runtime import resolve_device
+from tasks.segmentation import load_segmenter, predict_probs
+
+SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def predict_folder(in_dir: Path, out_dir: Path, checkpoint: Path, device: str = "auto", use_crf: bool = False,
+                   crf_cfg: dict | None = None) -> int:
+    files = sorted(p for p in Path(in_dir).iterdir() if p.suffix.lower() in SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"{in_dir}: no images ({', '.join(sorted(SUFFIXES))})")
+    dev = resolve_device(device)
+    model, cfg, classes = load_segmenter(checkpoint, dev)
+    with atomic_path(out_dir) as tmp:
+        (tmp / "labels").mkdir(parents=True)
+        (tmp / "overlays").mkdir()
+        for path in tqdm(files, desc="predict", unit="img", dynamic_ncols=True):
+            try:
+                with Image.open(path) as img:
+                    image = np.array(img.convert("RGB"), dtype=np.uint8)
+            except (UnidentifiedImageError, OSError) as exc:
+                raise ValueError(f"{path}: not a readable image ({exc})") from None
+            probs = predict_probs(model, image, dev, cfg["val_flip"])
+            if use_crf:
+                probs = dense_crf(image, probs, crf_cfg or cfg["crf"])
+            labels = probs.argmax(0).astype(np.uint8)
+            labelstore.palette_png(labels).save(tmp / "labels" / f"{path.stem}.png")
+            Image.fromarray(images.blend(image, images.colour_labels(labels), 0.55)).save(
+                tmp / "overlays" / f"{path.stem}.png")
+        (tmp / "classes.txt").write_text("\n".join(classes) + "\n")
+    return len(files)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tasks.predict", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("in_dir", type=Path)
+    ap.add_argument("out_dir", type=Path)
+    ap.add_argument("--checkpoint", type=Path, default=paths.SEGMENTER)
+    ap.add_argument("--crf", action="store_true", help="dense-CRF post-processing (segmenter.crf params)")
+    ap.add_argument("--params", default="params.yaml")
+    args = ap.parse_args(argv)
+    params = load(args.params)
+    n = predict_folder(args.in_dir, args.out_dir, args.checkpoint, params["segmenter"]["device"], args.crf,
+                       params["segmenter"]["crf"])
+    print(f"{n} images -> {args.out_dir}/labels (palette PNGs) and {args.out_dir}/overlays")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Stage 5b: the same segmenter and schedule trained on the ground-truth masks of the same images.
+
+Its val mIoU is the ceiling the weak model is compared with (weak-to-full ratio). Users without
+masks set reference.enabled: false; the stage then records that and trains nothing.
+"""
+from __future__ import annotations
+
+from tasks import data, paths
+from tasks.io import atomic_path, write_json
+from tasks.train_segmenter import train_and_score
+
+
+def main(params: dict) -> dict:
+    if not params["reference"]["enabled"]:
+        return _disabled()
+    _, classes, root = data.read_manifest(paths.MANIFEST)
+
+    def labels_for(image_id: str):
+        mask = data.load_mask(root, image_id, len(classes))
+        if mask is None:
+            raise data.DataError(f"image {image_id!r} has no mask: set reference.enabled: false for tag-only data")
+        return mask
+
+    return {"enabled": True, **train_and_score(params, labels_for, "reference", paths.REFERENCE)}
+
+
+def _disabled() -> dict:
+    """DVC expects every declared output; say plainly that nothing was trained."""
+    note = "reference disabled (reference.enabled: false): nothing trained\n"
+    with atomic_path(paths.REFERENCE) as tmp:
+        tmp.write_text(note)
+    with atomic_path(paths.REPORTS / "reference") as tmp:
+        tmp.mkdir()
+        (tmp / "README.txt").write_text(note)
+    with atomic_path(paths.PLOTS / "reference_train.csv") as tmp:
+        tmp.write_text("epoch,loss,seconds\n")
+    metrics = {"enabled": False}
+    write_json(metrics, paths.METRICS / "reference.json")
+    return metrics

@@ -1,0 +1,73 @@
+"""The training loop every learned stage shares: optimiser groups, LR schedule, progress, history.
+
+A stage supplies the model (with `new_modules()` and `backbone`) and `batch_loss(model, batch)`;
+the loop is the same for the classifier, the refiner and the segmenter.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from tasks import tracking
+from tasks.runtime import scheduled_lr
+
+
+def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:  # small batches: keep the pretrained BatchNorm statistics
+        for m in model.backbone.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def make_optimizer(model, cfg: dict) -> torch.optim.Optimizer:
+    """Pretrained parameters at lr, layers trained from scratch at lr * new_layer_lr_mult."""
+    new = {id(p) for m in model.new_modules() for p in m.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if id(p) not in new], "base_lr": cfg["lr"]},
+        {"params": [p for p in params if id(p) in new], "base_lr": cfg["lr"] * cfg["new_layer_lr_mult"]},
+    ]
+    for g in groups:
+        g["lr"] = g["base_lr"]
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+    return torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
+
+
+def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
+        batch_loss: Callable, desc: str, epoch_stats: Callable | None = None) -> list[dict]:
+    """Train for cfg['epochs']; returns one dict per epoch (loss, seconds, plus epoch_stats())."""
+    opt = make_optimizer(model, cfg)
+    total, step, history = cfg["epochs"] * len(loader), 0, []
+    model.to(device)
+    bar = tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True)
+    for epoch in range(cfg["epochs"]):
+        set_train_mode(model, cfg["freeze_bn"])
+        losses, start = [], time.perf_counter()
+        for batch in loader:
+            for group in opt.param_groups:
+                group["lr"] = scheduled_lr(group["base_lr"], cfg, step, total, epoch)
+            loss = batch_loss(model, [t.to(device) for t in batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+            bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.4f}")
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - start,
+                  **(epoch_stats() if epoch_stats else {})}
+        history.append(record)
+        tracking.log_metrics({k: v for k, v in record.items() if v is not None and k != "epoch"}, step=epoch + 1)
+    bar.close()
+    return history
+
+
+def history_csv(history: list[dict]) -> str:
+    return "epoch,loss,seconds\n" + "".join(f"{h['epoch']},{h['loss']:.6f},{h['seconds']:.2f}\n" for h in history)
