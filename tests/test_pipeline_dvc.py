@@ -20,7 +20,13 @@ SMALL = [
     "classifier.epochs=1", "classifier.batch_size=3", "classifier.crop_size=64",
     "classifier.resize_long=[64, 80]", "classifier.extra_channels=16",
     "maps.scales=[1.0]", "maps.n_overlays=2",
+    "refiner.epochs=1", "refiner.batch_size=3", "refiner.crop_size=64", "refiner.resize_long=[64, 80]",
+    "pseudo_labels.n_samples=2",
+    "segmenter.epochs=1", "segmenter.batch_size=3", "segmenter.crop_size=64", "segmenter.resize_long=[64, 80]",
+    "segmenter.aspp_channels=16",
 ]
+STAGES = {"demo", "manifest", "train_classifier", "export_maps", "train_refiner", "export_refined",
+          "pseudo_labels", "train_segmenter", "train_reference", "summarize"}
 
 
 def copy_repo(dest: Path) -> Path:
@@ -68,7 +74,15 @@ def test_dvc_repro_demo_end_to_end(tmp_path):
     assert len(stored) == 6 and all(m.shape == (len(c), 64, 64) and m.max() > 0.99 for _, c, m in stored)
     assert len(list((repo / "reports/maps").glob("*.png"))) == 2
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
-    assert set(lock["stages"]) == {"demo", "manifest", "train_classifier", "export_maps"}
+    assert set(lock["stages"]) == STAGES
+    for name in ("refined_maps", "pseudo_labels", "segmentation", "reference", "summary"):
+        assert (repo / "metrics" / f"{name}.json").exists(), name
+    seg = json.loads((repo / "metrics/segmentation.json").read_text())
+    assert {"val_miou", "val_miou_crf", "per_class_iou"} <= set(seg)
+    assert (repo / "reports/segmentation/confusion_matrix.png").exists()
+    summary = json.loads((repo / "metrics/summary.json").read_text())
+    assert summary["weak_to_full_ratio"] == pytest.approx(seg["val_miou"] / json.loads(
+        (repo / "metrics/reference.json").read_text())["val_miou"], abs=1e-3)
 
     # Nothing changed: a fast no-op.
     start = time.perf_counter()
@@ -82,4 +96,6 @@ def test_dvc_repro_demo_end_to_end(tmp_path):
     third = dvc(repo, "repro")
     assert third.returncode == 0, third.stderr
     assert "Running stage 'export_maps'" in third.stdout and "Running stage 'train_classifier'" not in third.stdout
+    # Downstream stages re-ran only if the maps changed; the reference never depends on the maps.
+    assert "Running stage 'train_reference'" not in third.stdout
     assert np.isfinite(json.loads((repo / "metrics/maps.json").read_text())["miou"])

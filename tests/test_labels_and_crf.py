@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from tasks.crf import dense_crf
+from tasks.pseudo_labels import make_labels
+from tasks.train_refiner import refinement_target
+
+CRF = {"iterations": 10, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 20, "bilateral_srgb": 10,
+       "bilateral_compat": 10}
+CFG = {"bg_threshold": 0.4, "temperature": 0.1, "uncertain_margin": 0.05, "saliency_dir": "",
+       "saliency_threshold": 0.5, "claim_threshold": 0.5, "crf": CRF}
+
+
+def test_crf_snaps_a_blurry_boundary_to_the_image_edge():
+    h, w, edge = 24, 48, 20
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:, edge:] = 255
+    x = np.arange(w, dtype=np.float32)
+    fg = np.tile(1 / (1 + np.exp(-(x - 27) / 4)), (h, 1))  # the maps put the boundary 7 px too far right
+    probs = np.stack([1 - fg, fg])
+    truth = np.tile(x >= edge, (h, 1))
+    before = (probs.argmax(0) != truth).mean()
+    after = (dense_crf(image, probs, CRF).argmax(0) != truth).mean()
+    assert before > 0.1 and after < before / 2
+
+
+def _flat_image(h=16, w=16):
+    return np.full((h, w, 3), 128, np.uint8)
+
+
+def test_threshold_rule_and_uncertain_band():
+    maps = np.zeros((1, 16, 16), np.float32)
+    maps[0, :, :6] = 0.9      # clearly class 7
+    maps[0, :, 6:10] = 0.42   # within the margin of the 0.4 background cue
+    labels = make_labels(_flat_image(), maps, [7], CFG)
+    assert (labels[:, :6] == 7).all()
+    assert (labels[:, 6:10] == 255).all()
+    assert (labels[:, 10:] == 0).all()
+
+
+def test_saliency_rules_conflicts_and_salient_background():
+    saliency = np.zeros((16, 16), np.float32)
+    saliency[:, :8] = 1.0
+    maps = np.zeros((2, 16, 16), np.float32)
+    maps[0, :, :4] = 0.9                # class 3 alone on salient pixels
+    maps[1, 4:8, :4] = 0.8              # class 5 also claims rows 4..7: conflict
+    labels = make_labels(_flat_image(), maps, [3, 5], {**CFG, "saliency_dir": "x"}, saliency)
+    assert (labels[:4, :4] == 3).all() and (labels[8:, :4] == 3).all()
+    assert (labels[4:8, :4] == 255).all()          # two classes claim it
+    assert (labels[:, 4:8] == 255).all()           # salient but nothing claims it: background -> 255
+    assert (labels[:, 8:] == 0).all()              # not salient: background
+
+
+def test_image_without_tags_is_all_background():
+    assert (make_labels(_flat_image(), np.zeros((0, 16, 16), np.float32), [], CFG) == 0).all()
+
+
+def test_refinement_target_keeps_only_the_argmax_class():
+    maps = np.array([[[0.9, 0.2]], [[0.3, 0.6]]], np.float32)  # 2 classes, 1 x 2 pixels
+    target = refinement_target(maps, [2, 4], n_fg=5)
+    assert target.shape == (5, 1, 2)
+    np.testing.assert_allclose(target[1], [[0.9, 0.0]])
+    np.testing.assert_allclose(target[3], [[0.0, 0.6]])
+    assert target[[0, 2, 4]].sum() == 0

@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tasks import data
+from tasks.predict import predict_folder
+from tasks.runtime import save_checkpoint
+from tasks.segmentation import checkpoint_config, evaluate, train
+
+CRF = {"iterations": 2, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 20, "bilateral_srgb": 10,
+       "bilateral_compat": 5}
+CFG = {"backbone": "efficientnet_lite0", "head": "aspp", "pretrained": False, "output_stride": 16,
+       "aspp_channels": 8, "aspp_rates": [1, 2], "val_flip": True, "freeze_bn": True, "epochs": 2,
+       "batch_size": 2, "crop_size": 32, "resize_long": [40, 56], "optimizer": "sgd", "lr_schedule": "poly",
+       "lr_step_epochs": [1], "lr": 0.01, "new_layer_lr_mult": 10.0, "weight_decay": 0.0, "momentum": 0.9,
+       "seed": 0, "device": "cpu", "num_workers": 0, "crf": CRF}
+
+
+@pytest.fixture
+def trained(voc_fixture):
+    classes = data.read_classes(voc_fixture)
+    ids = data.read_split(voc_fixture, "train")
+
+    def labels_for(image_id):
+        return data.load_mask(voc_fixture, image_id, len(classes))
+
+    torch.manual_seed(0)
+    model, history = train(CFG, voc_fixture, ids, labels_for, len(classes), torch.device("cpu"), "test")
+    return model, history, classes
+
+
+def test_segmenter_trains_and_evaluates(voc_fixture, trained):
+    model, history, classes = trained
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+    rows = [{"id": i, "has_mask": True} for i in data.read_split(voc_fixture, "val")]
+    plain, with_crf, panels = evaluate(model, voc_fixture, rows, len(classes), CFG, torch.device("cpu"), samples=1)
+    valid = sum(int((data.load_mask(voc_fixture, r["id"], 3) != 255).sum()) for r in rows)
+    assert plain.sum() == valid and with_crf.sum() == valid
+    assert len(panels) == 1 and panels[0][1].shape == (40, 200, 3)
+
+
+def test_predict_folder_writes_pngs_and_names_bad_files(voc_fixture, trained, tmp_path):
+    model, _, classes = trained
+    ckpt = tmp_path / "seg.pt"
+    save_checkpoint(ckpt, model, checkpoint_config(CFG, classes))
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for name in ("a", "b"):
+        Image.open(voc_fixture / "JPEGImages" / "tr0.jpg").save(inp / f"{name}.jpg")
+    n = predict_folder(inp, tmp_path / "out", ckpt, "cpu", use_crf=True, crf_cfg=CRF)
+    assert n == 2
+    label = Image.open(tmp_path / "out/labels/a.png")
+    assert label.mode == "P" and label.size == (50, 40) and np.array(label).max() < 3
+    assert (tmp_path / "out/overlays/b.png").exists()
+    (inp / "broken.png").write_bytes(b"nope")
+    with pytest.raises(ValueError, match="broken.png: not a readable image"):
+        predict_folder(inp, tmp_path / "out2", ckpt, "cpu")
+    assert not (tmp_path / "out2").exists()  # nothing half-written
