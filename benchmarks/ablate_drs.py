@@ -12,16 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tasks.__main__ import run_stage  # noqa: E402
-from tasks.params import load  # noqa: E402
+from common import RESULTS, host, params_for, run_stages
 
 CONFIGS = {
     "plain_cam": ["classifier.drs.mode=none", "classifier.extra_convs=0"],
@@ -34,30 +28,16 @@ CONFIGS = {
     "fixed_extra3_d0.40": ["classifier.drs.mode=fixed", "classifier.drs.delta=0.40"],
 }
 
-RESULTS = REPO / "benchmarks" / "results"
-
 
 def run(name: str, overrides: list[str], root: str, seed: int, extra: list[str], scratch: Path) -> dict:
-    work = scratch / f"{name}_seed{seed}"
-    work.mkdir(parents=True, exist_ok=True)
-    params = load(REPO / "params.yaml", [f"data.root={root}", f"classifier.seed={seed}", *overrides, *extra])
-    here = os.getcwd()
-    os.chdir(work)
-    try:
-        t0 = time.perf_counter()
-        run_stage("manifest", params)
-        cls = run_stage("train_classifier", params)
-        t1 = time.perf_counter()
-        maps = run_stage("export_maps", params)
-        t2 = time.perf_counter()
-    finally:
-        os.chdir(here)
+    params = params_for(root, [f"classifier.seed={seed}", *overrides, *extra])
+    out = run_stages(["manifest", "train_classifier", "export_maps"], params, scratch / f"{name}_seed{seed}")
+    cls, maps = out["train_classifier"]["result"], out["export_maps"]["result"]
     return {
         "name": name, "seed": seed, "overrides": overrides + extra,
         "maps_miou": maps.get("miou"), "best_threshold": maps.get("threshold"),
         "val_map": cls.get("val_map"), "drs_delta_mean": cls.get("drs_delta_mean"),
-        "train_s": round(t1 - t0, 1), "export_s": round(t2 - t1, 1),
-        "host": f"{platform.node()} ({os.cpu_count()} cpu)", "date": time.strftime("%Y-%m-%d %H:%M"),
+        "train_s": out["train_classifier"]["seconds"], "export_s": out["export_maps"]["seconds"], **host(),
     }
 
 

@@ -66,6 +66,7 @@ PROB = F(float, min=0.0, max=1.0)
 # What every trained network's section holds: the optimisation budget and schedule.
 TRAINING = {
     "freeze_bn": F(bool),
+    "freeze_blocks": F(int, min=0, max=1000),   # stem + first N backbone blocks not trained
     "epochs": F(int, min=1, max=1000),
     "batch_size": F(int, min=1, max=1024),
     "crop_size": F(int, min=32, max=2048),
@@ -158,7 +159,7 @@ SCHEMA: dict = {
 }
 
 # Keys a file may leave out, with their defaults.
-DEFAULTS = {"profile": "cpu"}
+DEFAULTS = {"profile": "cpu", "classifier.freeze_blocks": 0, "refiner.freeze_blocks": 0, "segmenter.freeze_blocks": 0}
 
 
 def _validate(node: Any, schema: Any, prefix: str) -> Any:

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from models.backbones import freeze_prefix
 from tasks import tracking
 from tasks.runtime import scheduled_lr
 
@@ -43,6 +44,7 @@ def make_optimizer(model, cfg: dict) -> torch.optim.Optimizer:
 def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
         batch_loss: Callable, desc: str, epoch_stats: Callable | None = None) -> list[dict]:
     """Train for cfg['epochs']; returns one dict per epoch (loss, seconds, plus epoch_stats())."""
+    freeze_prefix(model.backbone, cfg["freeze_blocks"])
     opt = make_optimizer(model, cfg)
     total, step, history = cfg["epochs"] * len(loader), 0, []
     model.to(device)

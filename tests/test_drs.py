@@ -95,3 +95,17 @@ def test_placement_parsing():
     p = Placement(["blocks:3", "extra"])
     assert p.extra and not p.head and p.in_block(9, 10) and p.in_block(7, 10) and not p.in_block(6, 10)
     assert Placement(["all"]).head and Placement(["all"]).in_block(0, 10)
+
+
+@pytest.mark.parametrize("backbone, n, stride", [("efficientnet_lite0", 5, 16), ("vgg16", 4, 8), ("resnet50", 3, 16)])
+def test_freeze_prefix_stops_gradients_in_early_layers(backbone, n, stride):
+    from models.backbones import freeze_prefix
+
+    model = CAMClassifier(3, backbone=backbone, pretrained=False, output_stride=stride, extra_convs=0)
+    frozen = freeze_prefix(model.backbone, n)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert frozen > 0 and trainable
+    model(torch.rand(1, 3, 64, 64) * 255)[0].sum().backward()
+    first = next(model.backbone.parameters())
+    assert first.grad is None and all(p.grad is not None for p in model.classifier.parameters())
+    assert freeze_prefix(CAMClassifier(3, pretrained=False, extra_convs=0).backbone, 0) == 0

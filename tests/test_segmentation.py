@@ -11,7 +11,7 @@ from tasks.segmentation import checkpoint_config, evaluate, train
 CRF = {"iterations": 2, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 20, "bilateral_srgb": 10,
        "bilateral_compat": 5}
 CFG = {"backbone": "efficientnet_lite0", "head": "aspp", "pretrained": False, "output_stride": 16,
-       "aspp_channels": 8, "aspp_rates": [1, 2], "val_flip": True, "freeze_bn": True, "epochs": 2,
+       "aspp_channels": 8, "aspp_rates": [1, 2], "val_flip": True, "freeze_bn": True, "freeze_blocks": 3, "epochs": 2,
        "batch_size": 2, "crop_size": 32, "resize_long": [40, 56], "optimizer": "sgd", "lr_schedule": "poly",
        "lr_step_epochs": [1], "lr": 0.01, "new_layer_lr_mult": 10.0, "weight_decay": 0.0, "momentum": 0.9,
        "seed": 0, "device": "cpu", "num_workers": 0, "crf": CRF}

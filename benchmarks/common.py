@@ -1,0 +1,42 @@
+"""Run real pipeline stages in a scratch directory and time them (shared by the benchmarks)."""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+sys.path.insert(0, str(REPO))
+
+from tasks.__main__ import STAGES, run_stage  # noqa: E402
+from tasks.params import load  # noqa: E402
+
+
+def params_for(root: str, overrides: list[str]) -> dict:
+    return load(REPO / "params.yaml", [f"data.root={root}", *overrides])
+
+
+def run_stages(stages: list[str], params: dict, workdir: Path) -> dict:
+    """{stage: {"result": main's dict, "seconds": wall time}} for the stages, in order, in workdir."""
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise KeyError(f"unknown stage(s) {unknown}; stages: {list(STAGES)}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    here, out = os.getcwd(), {}
+    os.chdir(workdir)
+    try:
+        for stage in stages:
+            start = time.perf_counter()
+            result = run_stage(stage, params)
+            out[stage] = {"result": result, "seconds": round(time.perf_counter() - start, 1)}
+    finally:
+        os.chdir(here)
+    return out
+
+
+def host() -> dict:
+    return {"host": platform.node(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
+            "threads": os.environ.get("OMP_NUM_THREADS", "default")}
