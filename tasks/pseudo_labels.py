@@ -89,7 +89,8 @@ def main(params: dict) -> dict:
 
     def results():
         nonlocal conf, ignored, total
-        with mp.get_context("fork").Pool(workers) as pool:
+        # spawn, not fork: a parent that already ran torch (OpenMP) can deadlock forked children.
+        with mp.get_context("spawn").Pool(workers) as pool:
             for image_id, labels, c in tqdm(pool.imap(_work, jobs, chunksize=2), total=len(rows),
                                             desc="pseudo labels (CRF)", unit="img", dynamic_ncols=True):
                 ignored += int((labels == IGNORE).sum())
