@@ -159,7 +159,7 @@ SCHEMA: dict = {
 }
 
 # Keys a file may leave out, with their defaults.
-DEFAULTS = {"profile": "cpu", "classifier.freeze_blocks": 0, "refiner.freeze_blocks": 0, "segmenter.freeze_blocks": 0}
+DEFAULTS = {"profile": "cpu"}
 
 
 def _validate(node: Any, schema: Any, prefix: str) -> Any:
