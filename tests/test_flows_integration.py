@@ -1,0 +1,96 @@
+"""A real Prefect server on a free port serves the deployments; a run started through the API (the
+call the UI's Run button makes) goes through DVC, records dvc.lock, tracks to MLflow and versions
+the labels."""
+import subprocess
+import time
+import uuid
+
+import pytest
+import yaml
+
+from flows import dvc_commands
+from tasks import tracking
+from tests import servers
+from tests.test_pipeline_dvc import SMALL, copy_repo, dvc, shrink
+
+
+@pytest.fixture
+def small_repo(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    shrink(repo, SMALL)
+    subprocess.run(["git", "commit", "-qam", "small params"], cwd=repo, check=True, env=servers.git_env())
+    from flows import gitdvc
+    gitdvc.ensure_local_remote(repo)
+    return repo
+
+
+@pytest.mark.slow
+def test_deployment_run_goes_through_dvc_and_mlflow(small_repo, tmp_path, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    repo = small_repo
+    stages = dvc_commands.pipeline_stages(repo)
+    assert not (repo / "dvc.lock").exists()
+    serve_log = tmp_path / "serve.log"
+    with servers.prefect_server(tmp_path) as (api, env), temporary_settings({PREFECT_API_URL: api}), \
+            servers.serving(repo, env, serve_log) as proc, get_client(sync_client=True) as client:
+        deployment = servers.wait_for_deployment(client, "pipeline/pipeline", proc, serve_log)
+        for stage in stages:  # one deployment per dvc.yaml stage as well
+            servers.wait_for_deployment(client, f"stage-{stage}/{stage}", proc, serve_log)
+        assert client.read_concurrency_limit_by_tag("gpu").concurrency_limit == 1
+
+        name = f"it-{uuid.uuid4().hex[:8]}"
+        run = client.create_flow_run_from_deployment(deployment.id, parameters={"epochs": 2}, name=name)
+        run = servers.wait_for_run(client, run.id, timeout=600, log=serve_log)
+        assert run.state.is_completed(), f"{run.state}\n{serve_log.read_text()[-4000:]}"
+
+        # Stage output streamed into the Prefect log; training tasks carry the gpu tag.
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+        logs = "\n".join(entry.message for entry in client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200))
+        assert "Running stage 'train_classifier'" in logs and "dvc exp run -S classifier.epochs=2" in logs
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        tags = {t.name.rsplit("-", 1)[0]: set(t.tags) for t in task_runs}  # names end in "-<counter>"
+        assert "gpu" in tags["stage-train_classifier"] and "gpu" not in tags["stage-demo"], tags
+
+    # DVC recorded the run, with the UI's override applied through `dvc exp run -S`.
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert set(lock["stages"]) == set(stages)
+    assert lock["stages"]["train_classifier"]["params"]["params.yaml"]["classifier"]["epochs"] == 2
+    assert yaml.safe_load((repo / "params.yaml").read_text())["classifier"]["epochs"] == 2
+
+    # MLflow: one parent for the flow run, one child per stage, lineage tags equal to dvc.lock.
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
+    c = tracking.client()
+    runs = c.search_runs([c.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+    parents = [r for r in runs if r.data.tags.get("prefect.flow_run_id") == str(run.id)]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = {r.data.tags["stage"]: r for r in runs
+                if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert set(children) == set(stages)
+    for stage, child in children.items():
+        assert child.info.status == "FINISHED" and child.data.tags.get("git.commit")
+        deps = {d["path"]: d["md5"] for d in lock["stages"][stage].get("deps", [])}
+        assert {k[len("dvc.dep."):]: v for k, v in child.data.tags.items() if k.startswith("dvc.dep.")} == deps
+    assert c.get_metric_history(children["train_classifier"].info.run_id, "loss")
+    assert children["train_classifier"].data.params["classifier.epochs"] == "2"
+    assert any(a.path.endswith("per_class_iou.png")
+               for a in c.list_artifacts(children["export_maps"].info.run_id, "charts"))
+
+    # The run changed the labels: a version (commit + tag) and the bytes in the default remote.
+    tags = subprocess.run(["git", "tag"], cwd=repo, capture_output=True, text=True).stdout.split()
+    assert tags == ["labels-v1"]
+    assert subprocess.run(["git", "status", "--porcelain", "dvc.lock", "params.yaml"], cwd=repo,
+                          capture_output=True, text=True).stdout == ""
+    assert any((repo / ".dvc-remote").rglob("*")), "dvc push left the remote empty"
+
+    # Nothing changed since: `dvc repro` re-runs nothing, quickly (best of two against CPU noise).
+    timings = []
+    for _ in range(2):
+        start = time.perf_counter()
+        again = dvc(repo, "repro")
+        timings.append(time.perf_counter() - start)
+        assert again.returncode == 0 and "Running stage" not in again.stdout, again.stdout
+    assert min(timings) <= 2.0, timings
