@@ -201,21 +201,34 @@ def _uncached_at(repo, commit: str) -> list[str]:
     return [p for p in paths if gitdvc.show(repo, commit, p) is not None]
 
 
-def rollback(repo, v: Version, force: bool = False, log=print) -> dict[str, str]:
-    """Restore version `v` in the workspace; returns the verified `{output: md5}`."""
+def rollback(repo, v: Version, force: bool = False, log=print, found: list[Version] | None = None) -> dict[str, str]:
+    """Restore version `v` in the workspace; returns the verified `{output: md5}`.
+
+    Refuses (unless force) when that would lose work: uncommitted dvc.lock/params.yaml, or label
+    files in the workspace that are not a recorded version (recorded ones are in the remote).
+    """
     repo = Path(repo)
+    found = found if found is not None else versions(repo, list(v.hashes))
+    problems = []
     dirty = gitdvc.git(repo, "status", "--porcelain", "--", *VERSIONED_FILES).strip()
-    if dirty and not force:
-        raise VersionError(f"uncommitted changes in {', '.join(VERSIONED_FILES)} would be lost:\n{dirty}\n"
-                           "commit them (python -m flows.versions record) or pass --force")
+    if dirty:
+        problems.append(f"uncommitted changes in {', '.join(VERSIONED_FILES)}:\n{dirty}")
+    recorded = {h for x in found for h in x.hashes.values()}
+    for out in v.hashes:
+        if (repo / out).exists() and (current := lineage.dvc_md5(repo / out)) not in recorded:
+            problems.append(f"{out} in the workspace ({current}) is not a recorded version")
+    if problems and not force:
+        raise VersionError("rolling back would lose work: " + "; ".join(problems) +
+                           "\nrecord it first (python -m flows.versions record) or pass --force")
     files = [*VERSIONED_FILES, *_uncached_at(repo, v.commit)]
     gitdvc.git(repo, "checkout", v.commit, "--", *files)
     log(f"restored {', '.join(files)} from {v.name} ({v.commit[:10]})")
     outputs = list(v.hashes)
-    got = gitdvc.dvc(repo, "checkout", *outputs, check=False)
+    # --force: the workspace labels were checked above (recorded, so recoverable, or forced).
+    got = gitdvc.dvc(repo, "checkout", "--force", *outputs, check=False)
     if got.returncode != 0:  # not in the local cache (gc'd, fresh clone): fetch from the remote
         log("not all in the local DVC cache; pulling from the default remote")
-        gitdvc.dvc(repo, "pull", *outputs)
+        gitdvc.dvc(repo, "pull", "--force", *outputs)
     restored = {o: lineage.dvc_md5(repo / o) for o in outputs}
     wrong = {o: h for o, h in restored.items() if h != v.hashes[o]}
     if wrong:
@@ -288,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     p_diff.add_argument("--json", action="store_true")
     p_back = sub.add_parser("rollback", help="restore a version's labels, params and metrics")
     p_back.add_argument("version")
-    p_back.add_argument("--force", action="store_true", help="discard uncommitted dvc.lock/params.yaml")
+    p_back.add_argument("--force", action="store_true", help="discard uncommitted dvc.lock/params.yaml and unrecorded labels")
     p_rec = sub.add_parser("record", help="commit + tag the current labels if they changed; dvc push")
     p_rec.add_argument("-m", "--message")
     p_rec.add_argument("--no-push", action="store_true")
@@ -308,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
             d = diff(args.repo, resolve(args.repo, args.a, found), resolve(args.repo, args.b, found))
             print(json.dumps(d, indent=2) if args.json else format_diff(d))
         elif args.cmd == "rollback":
-            rollback(args.repo, resolve(args.repo, args.version, found), force=args.force)
+            rollback(args.repo, resolve(args.repo, args.version, found), force=args.force, found=found)
         return 0
     except (VersionError, gitdvc.CommandError, lineage.LineageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
