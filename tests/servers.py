@@ -62,7 +62,8 @@ def prefect_server(tmp: Path):
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, **QUIET, "PREFECT_HOME": str(home), "PREFECT_API_URL": api,
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    server_env = {k: v for k, v in env.items() if k != "PREFECT_API_URL"}
+    # The UI calls the API at PREFECT_UI_API_URL, 127.0.0.1:4200 unless told this port.
+    server_env = {**{k: v for k, v in env.items() if k != "PREFECT_API_URL"}, "PREFECT_UI_API_URL": api}
     log = tmp / "prefect-server.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -114,3 +115,15 @@ def wait_for_run(client, run_id, timeout: float, log: Path):
 def git_env() -> dict:
     return {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
             "GIT_COMMITTER_EMAIL": "t@t"}
+
+
+def small_repo(dest: Path) -> Path:
+    """A committed copy of the repository with the tiny SMALL params and a local DVC remote."""
+    from flows import gitdvc
+    from tests.test_pipeline_dvc import SMALL, copy_repo, shrink
+
+    repo = copy_repo(dest)
+    shrink(repo, SMALL)
+    subprocess.run(["git", "commit", "-qam", "small params"], cwd=repo, check=True, env=git_env())
+    gitdvc.ensure_local_remote(repo)
+    return repo

@@ -11,25 +11,15 @@ import yaml
 from flows import dvc_commands
 from tasks import tracking
 from tests import servers
-from tests.test_pipeline_dvc import SMALL, copy_repo, dvc, shrink
-
-
-@pytest.fixture
-def small_repo(tmp_path):
-    repo = copy_repo(tmp_path / "repo")
-    shrink(repo, SMALL)
-    subprocess.run(["git", "commit", "-qam", "small params"], cwd=repo, check=True, env=servers.git_env())
-    from flows import gitdvc
-    gitdvc.ensure_local_remote(repo)
-    return repo
+from tests.test_pipeline_dvc import dvc
 
 
 @pytest.mark.slow
-def test_deployment_run_goes_through_dvc_and_mlflow(small_repo, tmp_path, monkeypatch):
+def test_deployment_run_goes_through_dvc_and_mlflow(tmp_path, monkeypatch):
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    repo = small_repo
+    repo = servers.small_repo(tmp_path / "repo")
     stages = dvc_commands.pipeline_stages(repo)
     assert not (repo / "dvc.lock").exists()
     serve_log = tmp_path / "serve.log"
