@@ -26,12 +26,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
+def stop(proc: subprocess.Popen, grace: float = 15.0, sig: int = signal.SIGTERM) -> None:
     """Stop a process started with start_new_session=True, and everything it started."""
     if proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)
     try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
@@ -87,7 +87,9 @@ def serving(repo: Path, env: dict, log: Path):
     try:
         yield proc
     finally:
-        stop(proc)  # before the server: a runner whose server is gone retries and ignores SIGTERM
+        # Before the server: a runner whose server is gone retries and ignores SIGTERM. SIGINT is
+        # the runner's clean shutdown (SIGTERM leaves an un-awaited coroutine in its log).
+        stop(proc, sig=signal.SIGINT)
 
 
 def wait_for_deployment(client, name: str, proc: subprocess.Popen, log: Path, timeout: float = 90):

@@ -1,6 +1,7 @@
 """A real Prefect server on a free port serves the deployments; a run started through the API (the
 call the UI's Run button makes) goes through DVC, records dvc.lock, tracks to MLflow and versions
 the labels."""
+import re
 import subprocess
 import time
 import uuid
@@ -43,6 +44,12 @@ def test_deployment_run_goes_through_dvc_and_mlflow(tmp_path, monkeypatch):
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
         tags = {t.name.rsplit("-", 1)[0]: set(t.tags) for t in task_runs}  # names end in "-<counter>"
         assert "gpu" in tags["stage-train_classifier"] and "gpu" not in tags["stage-demo"], tags
+
+    # Offline hygiene: no telemetry/analytics complaints, no errors from the server or the runner.
+    for log in (tmp_path / "prefect-server.log", serve_log):
+        text = log.read_text()
+        assert not {"telemetry", "analytics"} & set(re.findall(r"[a-z]+", text.lower())), log
+        assert "| ERROR" not in text and "Traceback" not in text, text[-3000:]
 
     # DVC recorded the run, with the UI's override applied through `dvc exp run -S`.
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
