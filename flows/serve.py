@@ -13,8 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from flows.pipeline import GPU_TAG, STAGE_FLOWS, pipeline
-
+DEFAULT_API = "http://127.0.0.1:4200/api"
 GPU_SLOTS = 1  # one GPU: training/export tasks queue instead of competing for its memory
 
 
@@ -22,11 +21,15 @@ def ensure_gpu_limit(slots: int = GPU_SLOTS) -> None:
     """The tag concurrency limit on `gpu` tasks (created, or reset to `slots`)."""
     from prefect.client.orchestration import get_client
 
+    from flows.pipeline import GPU_TAG
+
     with get_client(sync_client=True) as client:
         client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=slots)
 
 
 def deployments(repo: Path):
+    from flows.pipeline import STAGE_FLOWS, pipeline
+
     desc = f"Runs in {repo}"
     yield pipeline.to_deployment(name="pipeline", description=f"All dvc.yaml stages through DVC. {desc}",
                                  tags=["wsss"])
@@ -43,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     if not (repo / "dvc.yaml").is_file():
         print(f"error: no dvc.yaml in {repo}: run from the repository root", file=sys.stderr)
         return 2
+    # Serve to the `make server` API unless PREFECT_API_URL names another (settings are read at
+    # import, so this must precede importing prefect).
+    os.environ.setdefault("PREFECT_API_URL", DEFAULT_API)
     from prefect import serve
-    from prefect.settings import PREFECT_API_URL
 
-    if not PREFECT_API_URL.value():
-        print("error: PREFECT_API_URL is not set (prefect.toml sets http://127.0.0.1:4200/api)", file=sys.stderr)
-        return 2
+    print(f"serving to {os.environ['PREFECT_API_URL']} from {repo}", flush=True)
     ensure_gpu_limit(args.gpu_slots)
     serve(*deployments(repo))
     return 0
