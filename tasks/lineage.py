@@ -168,7 +168,12 @@ def dep_hashes(spec: dict, params: dict, lock: dict | None = None) -> dict[str, 
     """
     known = locked_out_hashes(lock or {})
     out = {}
-    for dep in stage_deps(spec, params):
+    for raw in _paths(spec.get("deps")):
+        try:
+            dep = interpolate(raw, params)
+        except LineageError:  # a dvc.yaml `vars` entry, not a param: record it unresolved
+            out[raw] = "unresolved"
+            continue
         try:
             out[dep] = known.get(dep) or dvc_md5(dep)
         except (OSError, LineageError):

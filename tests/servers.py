@@ -129,3 +129,21 @@ def small_repo(dest: Path) -> Path:
     subprocess.run(["git", "commit", "-qam", "small params"], cwd=repo, check=True, env=git_env())
     gitdvc.ensure_local_remote(repo)
     return repo
+
+
+def run_logs(client, run_id, until: str, timeout: float = 60) -> str:
+    """The flow run's log text once it contains `until` (logs reach the API in batches, after the
+    run's final state), or whatever arrived by the timeout."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    deadline = time.monotonic() + timeout
+    while True:
+        entries, page = [], None
+        while page is None or len(page) == 200:  # the API returns at most 200 per request
+            page = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=200,
+                                    offset=len(entries))
+            entries += page
+        text = "\n".join(e.message for e in entries)
+        if until in text or time.monotonic() > deadline:
+            return text
+        time.sleep(1)

@@ -37,13 +37,20 @@ def test_deployment_run_goes_through_dvc_and_mlflow(tmp_path, monkeypatch):
         assert run.state.is_completed(), f"{run.state}\n{serve_log.read_text()[-4000:]}"
 
         # Stage output streamed into the Prefect log; training tasks carry the gpu tag.
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
-        logs = "\n".join(entry.message for entry in client.read_logs(
-            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200))
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+        logs = servers.run_logs(client, run.id, until="recorded labels-v1")
         assert "Running stage 'train_classifier'" in logs and "dvc exp run -S classifier.epochs=2" in logs
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
         tags = {t.name.rsplit("-", 1)[0]: set(t.tags) for t in task_runs}  # names end in "-<counter>"
         assert "gpu" in tags["stage-train_classifier"] and "gpu" not in tags["stage-demo"], tags
+
+        # The same request again: DVC finds every stage unchanged and recomputes nothing.
+        rerun = client.create_flow_run_from_deployment(deployment.id, parameters={"epochs": 2}, name=name + "-again")
+        rerun = servers.wait_for_run(client, rerun.id, timeout=300, log=serve_log)
+        assert rerun.state.is_completed(), f"{rerun.state}\n{serve_log.read_text()[-4000:]}"
+        relogs = servers.run_logs(client, rerun.id, until="no new version")
+        assert "dvc exp run -S classifier.epochs=2 export_maps" in relogs and "Running stage" not in relogs
+        assert "no new version" in relogs
 
     # Offline hygiene: no telemetry/analytics complaints, no errors from the server or the runner.
     for log in (tmp_path / "prefect-server.log", serve_log):
@@ -63,6 +70,7 @@ def test_deployment_run_goes_through_dvc_and_mlflow(tmp_path, monkeypatch):
     c = tracking.client()
     runs = c.search_runs([c.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
     parents = [r for r in runs if r.data.tags.get("prefect.flow_run_id") == str(run.id)]
+    assert len([r for r in runs if r.data.tags.get("kind") == "pipeline"]) == 2  # the rerun has its own
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = {r.data.tags["stage"]: r for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}

@@ -111,3 +111,13 @@ def test_dvc_md5_of_a_directory_follows_dvcs_listing(tmp_path):
     assert lineage.dvc_md5(tmp_path / "d") == hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest() + ".dir"
     with pytest.raises(lineage.LineageError, match="nope"):
         lineage.dvc_md5(tmp_path / "nope")
+
+
+def test_dep_hashes_never_raise(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.txt").write_text("a")
+    spec = {"deps": ["a.txt", "gone.txt", "${vars_only.x}", "up.bin"]}
+    lock = {"stages": {"up": {"outs": [{"path": "up.bin", "md5": "0" * 32}]}}}
+    assert lineage.dep_hashes(spec, {}, lock) == {
+        "a.txt": hashlib.md5(b"a").hexdigest(), "gone.txt": "missing", "${vars_only.x}": "unresolved",
+        "up.bin": "0" * 32}
