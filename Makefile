@@ -36,7 +36,8 @@ test-fast: setup
 ablation: setup
 	$(PY) benchmarks/ablate_drs.py
 
-# Orchestration (docs/orchestration.md). Servers bind 127.0.0.1; prefect.toml sets the API URL.
+# Orchestration (docs/orchestration.md). Servers bind 127.0.0.1; `serve` targets the `server` API
+# at http://127.0.0.1:4200/api unless PREFECT_API_URL says otherwise.
 server: setup
 	prefect server start --host 127.0.0.1
 
