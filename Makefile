@@ -10,9 +10,11 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test test-fast ablation clean-outputs
+.PHONY: setup run test test-fast ablation clean-outputs server serve mlflow-ui versions versions-diff rollback record-version
 
+# The venv, then a local default DVC remote (.dvc-remote/, set in .dvc/config.local).
 setup: $(VENV)/.installed
+	$(PY) -m flows.versions setup-remote
 
 $(VENV)/.installed: requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,8 +22,10 @@ $(VENV)/.installed: requirements.lock
 	$(PY) -m pip install -q -r requirements.lock 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	touch $@
 
+# A run that changes the pseudo labels leaves a version (commit + tag + dvc push).
 run: setup
 	dvc repro
+	$(PY) -m flows.versions record
 
 test: setup
 	$(PY) -m pytest
@@ -31,3 +35,27 @@ test-fast: setup
 
 ablation: setup
 	$(PY) benchmarks/ablate_drs.py
+
+# Orchestration (docs/orchestration.md). Servers bind 127.0.0.1; `serve` targets the `server` API
+# at http://127.0.0.1:4200/api unless PREFECT_API_URL says otherwise.
+server: setup
+	prefect server start --host 127.0.0.1
+
+serve: setup
+	$(PY) -m flows serve
+
+mlflow-ui: setup
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+
+# Pseudo-label versions: make versions | make versions-diff A=v1 B=v2 | make rollback V=v1
+versions: setup
+	$(PY) -m flows.versions list
+
+versions-diff: setup
+	$(PY) -m flows.versions diff $(A) $(B)
+
+rollback: setup
+	$(PY) -m flows.versions rollback $(V)
+
+record-version: setup
+	$(PY) -m flows.versions record

@@ -1,32 +1,213 @@
-"""Experiment tracking for the stages: the interface every stage calls.
+"""Experiment tracking for the stages: the interface every stage calls, backed by MLflow.
 
 `run_stage` wraps each stage in `stage_run`; inside it, stages call `log_metrics` (per-epoch
 curves and final figures) and `log_artifact` (images, charts). Outside a stage run these are
 no-ops, so the pure cores never depend on a tracking server.
+
+One MLflow run per stage run. A Prefect flow creates a parent run and hands its id to the stage
+processes in WSSS_MLFLOW_PARENT_RUN_ID, so the stage runs become its children; a plain
+`dvc repro` gives each stage a top-level run. The store is SQLite (`mlflow.db` in the working
+directory, i.e. the repository root) unless MLFLOW_TRACKING_URI says otherwise.
+
+Tracking never breaks a stage: any MLflow failure becomes one warning on stderr, and the stage
+goes on untracked. mlflow is imported only when a stage run starts (it costs ~1 s).
 """
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import sys
+import tempfile
 from pathlib import Path
 
-_active = False
+PARENT_ENV = "WSSS_MLFLOW_PARENT_RUN_ID"
+DISABLE_ENV = "WSSS_TRACKING"          # "off" disables tracking (unit tests of stage cores)
+EXPERIMENT = "wsss-drs"
+_MAX_PARAM = 6000                       # MLflow's limit on a param value
+
+_run = None  # the active _StageRun, or None
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def experiment_name() -> str:
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
+
+
+def _warn(what: str, exc: BaseException) -> None:
+    print(f"warning: MLflow tracking {what} failed, continuing without it: {type(exc).__name__}: {exc}",
+          file=sys.stderr, flush=True)
+
+
+def client():
+    """An MlflowClient on the project store (telemetry off before mlflow is imported)."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri())
+
+
+def experiment_id(mlflow_client) -> str:
+    """The project experiment, created with artifacts in ./mlartifacts (git-ignored) if new."""
+    name = experiment_name()
+    exp = mlflow_client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlflow_client.create_experiment(name, artifact_location=Path("mlartifacts").resolve().as_uri())
+    except Exception:  # another stage process created it first
+        exp = mlflow_client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def start_parent(name: str, tags: dict | None = None) -> str | None:
+    """A parent run for one pipeline/flow run; returns its id, or None if MLflow failed."""
+    try:
+        c = client()
+        run = c.create_run(experiment_id(c), run_name=name, tags={"kind": "pipeline", **(tags or {})})
+        return run.info.run_id
+    except Exception as exc:
+        _warn("start of the parent run", exc)
+        return None
+
+
+def end_parent(run_id: str | None, ok: bool, metrics: dict | None = None) -> None:
+    if not run_id:
+        return
+    try:
+        c = client()
+        for key, value in (metrics or {}).items():
+            c.log_metric(run_id, key, float(value))
+        c.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    except Exception as exc:
+        _warn("end of the parent run", exc)
+
+
+class _StageRun:
+    def __init__(self, stage: str, params: dict):
+        from mlflow.entities import Param
+
+        from tasks import lineage
+
+        self.stage = stage
+        self.client = client()
+        parent = os.environ.get(PARENT_ENV)
+        spec, lock = {}, {}
+        try:
+            spec = lineage.stage_spec(lineage.read_yaml("dvc.yaml"), stage)
+            lock = lineage.read_yaml("dvc.lock") if Path("dvc.lock").is_file() else {}
+        except lineage.LineageError:
+            pass  # a stage run outside the DVC pipeline: no lineage to record
+        self.spec = spec
+        tags = {"stage": stage}
+        commit = lineage.git_commit()
+        if commit:
+            tags["git.commit"], tags["git.dirty"] = commit[0], str(commit[1]).lower()
+        for dep, md5 in lineage.dep_hashes(spec, params, lock).items():
+            tags[f"dvc.dep.{dep}"] = md5
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+            exp = self.client.get_run(parent).info.experiment_id
+        else:
+            exp = experiment_id(self.client)
+        self.run_id = self.client.create_run(exp, run_name=stage, tags=tags).info.run_id
+        keys = lineage.stage_param_keys(spec) if spec else list(params)
+        flat = lineage.select(params, keys)
+        items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+                 for k, v in flat.items()]
+        items = [Param(p.key, p.value[:_MAX_PARAM]) for p in items]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict, step: int | None) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(str(k), float(v), now, step or 0) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def log_artifact(self, path: Path, artifact_path: str | None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_outputs(self) -> None:
+        """The stage's metrics files and plots as artifacts, with charts drawn from them."""
+        from tasks import charts, lineage
+
+        for path in map(Path, lineage.stage_outputs(self.spec, "plots")):
+            if path.is_file():
+                self.log_artifact(path, "plots")
+        for path in map(Path, lineage.stage_outputs(self.spec, "metrics")):
+            if not path.is_file():
+                continue
+            self.log_artifact(path, "metrics")
+            try:
+                data = json.loads(path.read_text())
+            except ValueError:
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                if isinstance(data.get("per_class_iou"), dict) and data["per_class_iou"]:
+                    png = charts.per_class_iou_chart(data["per_class_iou"], Path(tmp) / f"{path.stem}_per_class_iou.png",
+                                                     f"{self.stage}: per-class IoU ({path.name})")
+                    self.log_artifact(png, "charts")
+                if data.get("confusion_matrix"):
+                    png = charts.confusion_matrix_chart(data["confusion_matrix"], data.get("classes"),
+                                                        Path(tmp) / f"{path.stem}_confusion_matrix.png")
+                    self.log_artifact(png, "charts")
+
+    def finish(self, ok: bool) -> None:
+        self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
 
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: dict):
-    global _active
-    _active = True
+    global _run
+    _run = None
+    if os.environ.get(DISABLE_ENV, "").lower() != "off":
+        try:
+            _run = _StageRun(stage, params)
+        except Exception as exc:
+            _warn(f"start of stage {stage!r}", exc)
+    ok = False
     try:
         yield
+        ok = True
     finally:
-        _active = False
+        run, _run = _run, None
+        if run is not None:
+            if ok:
+                _guard("logging stage outputs", run.log_outputs)
+            _guard("end of the stage run", run.finish, ok)
+
+
+def _guard(what: str, fn, *args) -> None:
+    try:
+        fn(*args)
+    except Exception as exc:
+        _warn(what, exc)
+
+
+def active_run_id() -> str | None:
+    return _run.run_id if _run is not None else None
 
 
 def log_metrics(metrics: dict, step: int | None = None) -> None:
-    if not _active:
-        return
+    if _run is not None:
+        _guard("log_metrics", _run.log_metrics, metrics, step)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
-    if not _active:
-        return
+    if _run is not None:
+        _guard(f"log_artifact({path})", _run.log_artifact, Path(path), artifact_path)

@@ -1,0 +1,195 @@
+"""What a stage was run from: its dvc.yaml entry, the DVC hashes of its deps, the git commit.
+
+Pure functions over files (no DVC import: `import dvc` costs seconds in every stage process).
+The hashes match what DVC writes into dvc.lock: the md5 of a file's bytes, and for a directory
+the md5 of DVC's JSON listing of its files plus ".dir".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_INTERP = re.compile(r"\$\{\s*([\w.]+)\s*\}")
+
+
+class LineageError(ValueError):
+    """dvc.yaml / dvc.lock problems; the message names the file and key."""
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise LineageError(f"{path}: not found") from None
+    except yaml.YAMLError as exc:
+        raise LineageError(f"{path}: not valid YAML: {exc}") from None
+    return data or {}
+
+
+def stage_names(dvc_yaml: dict) -> list[str]:
+    """Stages in file order (dvc.yaml lists them upstream first in this project)."""
+    stages = dvc_yaml.get("stages")
+    if not isinstance(stages, dict):
+        raise LineageError("dvc.yaml: no `stages` mapping")
+    return list(stages)
+
+
+def stage_spec(dvc_yaml: dict, stage: str) -> dict:
+    stages = dvc_yaml.get("stages") or {}
+    if stage not in stages:
+        raise LineageError(f"dvc.yaml: no stage {stage!r} (stages: {', '.join(stages)})")
+    return stages[stage] or {}
+
+
+def interpolate(text: str, params: dict) -> str:
+    """Resolve `${a.b}` the way dvc.yaml does, from the params dict."""
+    def lookup(match: re.Match) -> str:
+        node: Any = params
+        for part in match.group(1).split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise LineageError(f"dvc.yaml: ${{{match.group(1)}}} is not in params.yaml")
+            node = node[part]
+        return str(node)
+    return _INTERP.sub(lookup, text)
+
+
+def _paths(entries: list | None) -> list[str]:
+    """dvc.yaml outs/metrics/plots entries are strings or one-key mappings {path: options}."""
+    out = []
+    for entry in entries or []:
+        out.extend([entry] if isinstance(entry, str) else list(entry))
+    return out
+
+
+def stage_deps(spec: dict, params: dict) -> list[str]:
+    return [interpolate(p, params) for p in _paths(spec.get("deps"))]
+
+
+def stage_outputs(spec: dict, kind: str = "outs") -> list[str]:
+    return _paths(spec.get(kind))
+
+
+def uncached_outputs(spec: dict) -> list[str]:
+    """Outputs with `cache: false` (git keeps them: metrics, plots)."""
+    out = []
+    for kind in ("outs", "metrics", "plots"):
+        for entry in spec.get(kind) or []:
+            if isinstance(entry, dict):
+                out.extend(p for p, opts in entry.items() if isinstance(opts, dict) and opts.get("cache") is False)
+    return out
+
+
+def stage_param_keys(spec: dict) -> list[str]:
+    """Dotted params.yaml keys a stage declares (dvc.yaml `params`, default file only)."""
+    keys = []
+    for entry in spec.get("params") or []:
+        if isinstance(entry, str):
+            keys.append(entry)
+        elif isinstance(entry, dict):
+            for file, names in entry.items():
+                if file == "params.yaml":
+                    keys.extend(names or [])
+    return keys
+
+
+def select(params: dict, keys: list[str]) -> dict:
+    """The flattened `{dotted: value}` of the given sections/leaves of params."""
+    out: dict = {}
+    for key in keys:
+        node: Any = params
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            out.update(flatten(node, key))
+        elif node is not None:
+            out[key] = node
+    return out
+
+
+def flatten(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dvc_md5(path: str | Path) -> str:
+    """DVC's md5 for a file or directory (as in dvc.lock), ignoring .dvcignore rules."""
+    path = Path(path)
+    if path.is_file():
+        return file_md5(path)
+    if not path.is_dir():
+        raise LineageError(f"{path}: no such file or directory")
+    entries = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in files:
+            full = Path(root) / name
+            entries.append({"md5": file_md5(full), "relpath": full.relative_to(path).as_posix()})
+    entries.sort(key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def locked_out_hashes(lock: dict) -> dict[str, str]:
+    """`{path: md5}` of every stage output recorded in dvc.lock."""
+    out = {}
+    for entry in (lock.get("stages") or {}).values():
+        for item in (entry or {}).get("outs") or []:
+            if "md5" in item:
+                out[item["path"]] = item["md5"]
+    return out
+
+
+def dep_hashes(spec: dict, params: dict, lock: dict | None = None) -> dict[str, str]:
+    """`{dep path: md5}` for a stage about to run.
+
+    Upstream outputs take their hash from dvc.lock (DVC wrote it when that stage finished, and
+    hashing large outputs twice is wasted time); other deps are hashed here, as DVC does.
+    """
+    known = locked_out_hashes(lock or {})
+    out = {}
+    for raw in _paths(spec.get("deps")):
+        try:
+            dep = interpolate(raw, params)
+        except LineageError:  # a dvc.yaml `vars` entry, not a param: record it unresolved
+            out[raw] = "unresolved"
+            continue
+        try:
+            out[dep] = known.get(dep) or dvc_md5(dep)
+        except (OSError, LineageError):
+            out[dep] = "missing"
+    return out
+
+
+def git_commit(cwd: str | Path = ".") -> tuple[str, bool] | None:
+    """(HEAD commit, whether tracked files differ from it), or None outside a git repository."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=30)
+        return head.stdout.strip(), bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -1,0 +1,133 @@
+"""Pseudo-label versions in a small DVC repo of the test's own making: record two versions, list
+and diff them, roll back to the first from the remote alone, bytes identical; `dvc repro` then
+retrains only the downstream stage."""
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import yaml
+
+from flows import gitdvc, versions
+from tests.servers import git_env
+
+MAKE_LABELS = textwrap.dedent('''\
+    import json, os, random, yaml
+    seed = yaml.safe_load(open("params.yaml"))["labels"]["seed"]
+    rng = random.Random(seed)
+    os.makedirs("artifacts/pseudo_labels", exist_ok=True)
+    for i in range(3):
+        with open(f"artifacts/pseudo_labels/shard{i}.bin", "wb") as fh:
+            fh.write(bytes(rng.randrange(256) for _ in range(4096)))
+    os.makedirs("metrics", exist_ok=True)
+    json.dump({"miou": 40.0 + seed, "per_class_iou": {"background": 80.0, "cat": seed * 1.0}},
+              open("metrics/pseudo_labels.json", "w"))
+''')
+TRAIN = textwrap.dedent('''\
+    import hashlib, os
+    h = hashlib.md5()
+    for name in sorted(os.listdir("artifacts/pseudo_labels")):
+        h.update(open(os.path.join("artifacts/pseudo_labels", name), "rb").read())
+    open("artifacts/segmenter.bin", "w").write(h.hexdigest())
+''')
+DVC_YAML = {"stages": {
+    "pseudo_labels": {"cmd": "python make_labels.py", "deps": ["make_labels.py"], "params": ["labels"],
+                      "outs": ["artifacts/pseudo_labels"],
+                      "metrics": [{"metrics/pseudo_labels.json": {"cache": False}}]},
+    "train_segmenter": {"cmd": "python train.py", "deps": ["train.py", "artifacts/pseudo_labels"],
+                        "outs": ["artifacts/segmenter.bin"]},
+}}
+
+
+def snapshot(directory):
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def set_seed(repo, seed):
+    (repo / "params.yaml").write_text(yaml.safe_dump({"labels": {"seed": seed}}))
+
+
+@pytest.fixture
+def label_repo(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for k, v in git_env().items():
+        if k.startswith("GIT_"):
+            monkeypatch.setenv(k, v)
+    (repo / "make_labels.py").write_text(MAKE_LABELS)
+    (repo / "train.py").write_text(TRAIN)
+    (repo / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML, sort_keys=False))
+    (repo / ".gitignore").write_text("/artifacts/\n")
+    set_seed(repo, 1)
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    gitdvc.dvc(repo, "init", "-q")
+    gitdvc.dvc(repo, "config", "core.analytics", "false")
+    gitdvc.dvc(repo, "config", "core.site_cache_dir", ".dvc/site-cache")
+    gitdvc.ensure_local_remote(repo)
+    gitdvc.git(repo, "add", "-A")
+    gitdvc.git(repo, "commit", "-qm", "toy pipeline")
+    return repo
+
+
+def test_record_list_diff_rollback(label_repo):
+    repo = label_repo
+    assert versions.label_outputs(repo) == ["artifacts/pseudo_labels"]
+    logs = []
+    gitdvc.dvc(repo, "repro")
+    v1 = versions.record(repo, log=logs.append)
+    first = snapshot(repo / "artifacts/pseudo_labels")
+    assert v1 is not None and v1.name == "v1" and v1.tags == ["labels-v1"] and v1.miou == 41.0
+    assert versions.record(repo, log=logs.append) is None  # nothing changed: no second version
+
+    set_seed(repo, 2)
+    gitdvc.dvc(repo, "repro")
+    v2 = versions.record(repo, log=logs.append)
+    assert v2 is not None and v2.tags == ["labels-v2"] and v2.miou == 42.0
+    assert snapshot(repo / "artifacts/pseudo_labels") != first
+
+    found = versions.versions(repo)
+    assert [v.name for v in found] == ["v1", "v2"]
+    listing = versions.format_list(found)
+    assert "labels.seed=1" in listing and "labels.seed=2" in listing and "41.00" in listing
+    d = versions.diff(repo, found[0], found[1])
+    assert d["params"] == {"labels.seed": [1, 2]} and d["miou"] == [41.0, 42.0]
+    assert d["per_class_iou"] == {"cat": [1.0, 2.0]}
+
+    # Roll back from the remote alone: the local cache is gone.
+    shutil.rmtree(repo / ".dvc/cache")
+    versions.rollback(repo, versions.resolve(repo, "labels-v1", found), log=logs.append)
+    assert snapshot(repo / "artifacts/pseudo_labels") == first
+    assert yaml.safe_load((repo / "params.yaml").read_text()) == {"labels": {"seed": 1}}
+    assert json.loads((repo / "metrics/pseudo_labels.json").read_text())["miou"] == 41.0
+    assert any("pulling" in line for line in logs)
+
+    # dvc repro then retrains downstream from the restored labels, and leaves them alone.
+    again = gitdvc.dvc(repo, "repro")
+    assert "Running stage 'train_segmenter'" in again.stdout
+    assert "Running stage 'pseudo_labels'" not in again.stdout
+    assert snapshot(repo / "artifacts/pseudo_labels") == first
+    status = gitdvc.dvc(repo, "status")
+    assert "up to date" in status.stdout, status.stdout
+
+
+def test_cli_lists_and_refuses_unknown_or_unsafe_rollback(label_repo):
+    repo = label_repo
+    gitdvc.dvc(repo, "repro")
+    versions.record(repo, log=lambda _: None)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "flows.versions", "--repo", str(repo), *args],
+                              capture_output=True, text=True)
+
+    listed = cli("list")
+    assert listed.returncode == 0 and "v1" in listed.stdout and "labels-v1" in listed.stdout
+    assert json.loads(cli("list", "--json").stdout)[0]["tags"] == ["labels-v1"]
+    unknown = cli("rollback", "v7")
+    assert unknown.returncode == 1 and "'v7' is not a pseudo-label version (versions: v1)" in unknown.stderr
+    set_seed(repo, 5)  # an uncommitted params change would be lost
+    unsafe = cli("rollback", "v1")
+    assert unsafe.returncode == 1 and "params.yaml" in unsafe.stderr and "--force" in unsafe.stderr
+    assert cli("rollback", "v1", "--force").returncode == 0
+    assert yaml.safe_load((repo / "params.yaml").read_text()) == {"labels": {"seed": 1}}
