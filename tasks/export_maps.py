@@ -19,6 +19,7 @@ from tasks import data, images, paths, tracking
 from tasks.evaluate import ThresholdSweep, thresholds
 from tasks.io import atomic_path, write_json, write_text
 from tasks.mapstore import write as write_maps
+from tasks.metrics import per_class_csv
 from tasks.runtime import load_checkpoint, resolve_device
 
 
@@ -97,12 +98,14 @@ def export(model, classes: list[str], params: dict, device, store: Path, name: s
     n = write_maps(records(), store, cfg["shard_size"])
     metrics = {"n_images": n, "n_evaluated": evaluated, "seconds": round(time.perf_counter() - start, 1),
                "scales": cfg["scales"], "flip": cfg["flip"]}
-    sweep_csv = "threshold,miou\n"
-    if evaluated:  # without masks there is nothing to score; the plot stays empty
+    sweep_csv, per_class = "threshold,miou\n", {}
+    if evaluated:  # without masks there is nothing to score; the plots stay empty
         result = sweep.result(classes)
         metrics = {**result, **metrics}
         sweep_csv += "".join(f"{s['threshold']},{s['miou']}\n" for s in result["sweep"])
+        per_class = result["per_class_iou"]
     write_text(sweep_csv, paths.PLOTS / f"{name}_sweep.csv")
+    write_text(per_class_csv(per_class), paths.PLOTS / f"{name}_per_class.csv")
     write_json(metrics, paths.METRICS / f"{name}.json")
     tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
     tracking.log_artifact(report_dir, f"{name}_overlays")

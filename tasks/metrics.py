@@ -47,3 +47,8 @@ def summary(conf: np.ndarray, class_names: list[str]) -> dict:
         },
         "pixel_accuracy": round(100 * float(np.diag(conf).sum() / max(conf.sum(), 1)), 2),
     }
+
+
+def per_class_csv(per_class_iou: dict) -> str:
+    """class,iou rows for a DVC bar plot (classes absent everywhere are left out)."""
+    return "class,iou\n" + "".join(f"{name},{v}\n" for name, v in per_class_iou.items() if v is not None)

@@ -21,8 +21,8 @@ from PIL import Image
 
 from tasks import data, images, labelstore, mapstore, paths, tracking
 from tasks.crf import dense_crf
-from tasks.io import atomic_path, write_json
-from tasks.metrics import IGNORE, confusion, summary
+from tasks.io import atomic_path, write_json, write_text
+from tasks.metrics import IGNORE, confusion, per_class_csv, summary
 
 
 def make_labels(image: np.ndarray, maps: np.ndarray, classes: list[int], cfg: dict,
@@ -114,6 +114,7 @@ def main(params: dict) -> dict:
     if conf.sum():
         metrics = {**summary(conf, classes), **metrics}
     write_json(metrics, paths.METRICS / "pseudo_labels.json")
+    write_text(per_class_csv(metrics.get("per_class_iou", {})), paths.PLOTS / "pseudo_labels_per_class.csv")
     tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     tracking.log_artifact(paths.REPORTS / "pseudo_labels", "pseudo_label_samples")
     return metrics

@@ -34,6 +34,8 @@ def _disabled() -> dict:
         (tmp / "README.txt").write_text(note)
     with atomic_path(paths.PLOTS / "reference_train.csv") as tmp:
         tmp.write_text("epoch,loss,seconds\n")
+    with atomic_path(paths.PLOTS / "reference_per_class.csv") as tmp:
+        tmp.write_text("class,iou\n")
     metrics = {"enabled": False}
     write_json(metrics, paths.METRICS / "reference.json")
     return metrics

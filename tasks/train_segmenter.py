@@ -11,7 +11,7 @@ from PIL import Image
 
 from tasks import data, labelstore, paths, segmentation, tracking, trainer
 from tasks.io import atomic_path, write_json, write_text
-from tasks.metrics import summary
+from tasks.metrics import per_class_csv, summary
 from tasks.runtime import resolve_device, save_checkpoint, seed_everything
 
 
@@ -36,13 +36,15 @@ def train_and_score(params: dict, labels_for, name: str, checkpoint: Path) -> di
     if plain.sum():
         s, s_crf = summary(plain, classes), summary(with_crf, classes)
         metrics.update({"val_miou": s["miou"], "val_miou_crf": s_crf["miou"],
-                        "per_class_iou": s["per_class_iou"], "per_class_iou_crf": s_crf["per_class_iou"]})
+                        "per_class_iou": s["per_class_iou"], "per_class_iou_crf": s_crf["per_class_iou"],
+                        "classes": classes, "confusion_matrix": plain.tolist()})
     with atomic_path(paths.REPORTS / name) as tmp:
         tmp.mkdir()
         Image.fromarray(segmentation.confusion_image(plain)).save(tmp / "confusion_matrix.png")
         for image_id, panel in panels:  # image | prediction | with CRF | ground truth
             Image.fromarray(panel).save(tmp / f"val_{image_id}.png")
     write_json(metrics, paths.METRICS / f"{name}.json")
+    write_text(per_class_csv(metrics.get("per_class_iou", {})), paths.PLOTS / f"{name}_per_class.csv")
     tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     tracking.log_artifact(paths.REPORTS / name, name)
     return metrics
