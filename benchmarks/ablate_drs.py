@@ -17,27 +17,44 @@ from pathlib import Path
 
 from common import RESULTS, host, params_for, run_stages
 
+SGD_HIGH = ["classifier.optimizer=sgd", "classifier.lr=0.01"]        # new layers x10: 0.1
+SGD_PAPER = ["classifier.optimizer=sgd", "classifier.lr=0.001"]      # the paper's 1e-3, new layers x10
+ADAMW = ["classifier.optimizer=adamw", "classifier.lr=0.0001"]       # new layers x10: 1e-3
+PLAIN = ["classifier.drs.mode=none", "classifier.extra_convs=0"]
+
 CONFIGS = {
-    "plain_cam": ["classifier.drs.mode=none", "classifier.extra_convs=0"],
-    "plain_cam_extra3": ["classifier.drs.mode=none"],
-    "fixed_extra3_d0.55": ["classifier.drs.mode=fixed", "classifier.drs.delta=0.55"],
-    "learnable_extra3": ["classifier.drs.mode=learnable"],
-    "fixed_head_d0.55": ["classifier.drs.mode=fixed", "classifier.extra_convs=0", "classifier.drs.placement=[head]"],
-    "learnable_head": ["classifier.drs.mode=learnable", "classifier.extra_convs=0", "classifier.drs.placement=[head]"],
-    "fixed_blocks4_extra3_d0.55": ["classifier.drs.mode=fixed", "classifier.drs.placement=[extra, 'blocks:4']"],
-    "fixed_extra3_d0.40": ["classifier.drs.mode=fixed", "classifier.drs.delta=0.40"],
+    "plain_cam_sgd1e-2": PLAIN + SGD_HIGH,
+    "plain_cam_sgd1e-3": PLAIN + SGD_PAPER,
+    "plain_cam_adamw1e-4": PLAIN + ADAMW,
+    "plain_cam_extra3_adamw1e-4": ["classifier.drs.mode=none"] + ADAMW,
+    "learnable_extra3_sgd1e-2": ["classifier.drs.mode=learnable"] + SGD_HIGH,
+    "learnable_extra3_adamw1e-4": ["classifier.drs.mode=learnable"] + ADAMW,
+    "fixed_extra3_d0.55_adamw1e-4": ["classifier.drs.mode=fixed", "classifier.drs.delta=0.55"] + ADAMW,
+    "fixed_head_d0.55_adamw1e-4": PLAIN[:1] + ["classifier.drs.mode=fixed", "classifier.extra_convs=0",
+                                               "classifier.drs.placement=[head]"] + ADAMW,
+    "learnable_head_adamw1e-4": ["classifier.drs.mode=learnable", "classifier.extra_convs=0",
+                                 "classifier.drs.placement=[head]"] + ADAMW,
+    "fixed_blocks4_extra3_d0.55_adamw1e-4": ["classifier.drs.mode=fixed",
+                                             "classifier.drs.placement=[extra, 'blocks:4']"] + ADAMW,
 }
 
 
 def run(name: str, overrides: list[str], root: str, seed: int, extra: list[str], scratch: Path) -> dict:
     params = params_for(root, [f"classifier.seed={seed}", *overrides, *extra])
-    out = run_stages(["manifest", "train_classifier", "export_maps"], params, scratch / f"{name}_seed{seed}")
-    cls, maps = out["train_classifier"]["result"], out["export_maps"]["result"]
+    workdir = scratch / f"{name}_seed{seed}"
+    run_stages(["manifest", "train_classifier", "export_maps"], params, workdir)
+    return collect(name, seed, overrides + extra, workdir)
+
+
+def collect(name: str, seed: int, overrides: list[str], workdir: Path) -> dict:
+    """One table row from a finished configuration's metrics files (times as the stages measured them)."""
+    cls = json.loads((workdir / "metrics/classifier.json").read_text())
+    maps = json.loads((workdir / "metrics/maps.json").read_text())
     return {
-        "name": name, "seed": seed, "overrides": overrides + extra,
+        "name": name, "seed": seed, "overrides": overrides,
         "maps_miou": maps.get("miou"), "best_threshold": maps.get("threshold"),
         "val_map": cls.get("val_map"), "drs_delta_mean": cls.get("drs_delta_mean"),
-        "train_s": out["train_classifier"]["seconds"], "export_s": out["export_maps"]["seconds"], **host(),
+        "train_s": cls["train_seconds"], "export_s": maps["seconds"], **host(),
     }
 
 
@@ -57,13 +74,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], help="extra override applied to every configuration")
     ap.add_argument("--scratch", default="/tmp/wsss-ablation")
+    ap.add_argument("--collect", action="store_true",
+                    help="record configurations already run in --scratch instead of running them")
     args = ap.parse_args()
     if not args.root:
         sys.exit("no dataset: pass --root or set WSSS_VOC_MINI")
     RESULTS.mkdir(parents=True, exist_ok=True)
     log = RESULTS / "drs_ablation.jsonl"
     for name in args.only:
-        row = run(name, CONFIGS[name], args.root, args.seed, args.set, Path(args.scratch))
+        if args.collect:
+            row = collect(name, args.seed, CONFIGS[name] + args.set, Path(args.scratch) / f"{name}_seed{args.seed}")
+        else:
+            row = run(name, CONFIGS[name], args.root, args.seed, args.set, Path(args.scratch))
         print(json.dumps(row), flush=True)
         with log.open("a") as f:
             f.write(json.dumps(row) + "\n")
