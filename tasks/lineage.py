@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from tasks import io
+
 _INTERP = re.compile(r"\$\{\s*([\w.]+)\s*\}")
 
 
@@ -24,14 +26,7 @@ class LineageError(ValueError):
 
 
 def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise LineageError(f"{path}: not found") from None
-    except yaml.YAMLError as exc:
-        raise LineageError(f"{path}: not valid YAML: {exc}") from None
-    return data or {}
+    return io.read_yaml(path, LineageError) or {}
 
 
 def stage_names(dvc_yaml: dict) -> list[str]:

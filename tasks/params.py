@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from tasks.io import read_yaml
+
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
 
@@ -237,13 +239,7 @@ def validate(raw: dict) -> dict:
 
 
 def load(path: str | Path = "params.yaml", overrides: list[str] | tuple = ()) -> dict:
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: params file not found") from None
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_yaml(path, ParamsError)
     for assignment in overrides:
         raw = set_dotted(raw, assignment)
     return validate(raw)
