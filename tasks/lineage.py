@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-
 from tasks import io
 
 _INTERP = re.compile(r"\$\{\s*([\w.]+)\s*\}")
