@@ -34,7 +34,8 @@ def copy_repo(dest: Path) -> Path:
                            check=True, capture_output=True, text=True).stdout.split()
     for rel in files:
         src = REPO / rel
-        if src.is_file() and not rel.startswith(("data/", "artifacts/", "reports/", "metrics/", "plots/")):
+        # The code and config only: no recorded run (dvc.lock, metrics), as on a machine that never ran it.
+        if src.is_file() and rel != "dvc.lock" and not rel.startswith(("data/", "artifacts/", "reports/", "metrics/", "plots/")):
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
