@@ -62,10 +62,6 @@ def _paths(entries: list | None) -> list[str]:
     return out
 
 
-def stage_deps(spec: dict, params: dict) -> list[str]:
-    return [interpolate(p, params) for p in _paths(spec.get("deps"))]
-
-
 def stage_outputs(spec: dict, kind: str = "outs") -> list[str]:
     return _paths(spec.get(kind))
 

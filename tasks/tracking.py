@@ -199,10 +199,6 @@ def _guard(what: str, fn, *args) -> None:
         _warn(what, exc)
 
 
-def active_run_id() -> str | None:
-    return _run.run_id if _run is not None else None
-
-
 def log_metrics(metrics: dict, step: int | None = None) -> None:
     if _run is not None:
         _guard("log_metrics", _run.log_metrics, metrics, step)
