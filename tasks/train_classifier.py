@@ -17,7 +17,7 @@ from models.drs import LearnableDRS
 from models.registry import LOSSES
 from tasks import data, images, paths, tracking, trainer
 from tasks.io import write_json, write_text
-from tasks.runtime import resolve_device, save_checkpoint, seed_everything
+from tasks.runtime import place, resolve_device, save_checkpoint, seed_everything, training_loader
 
 
 class TaggedImages(Dataset):
@@ -32,11 +32,8 @@ class TaggedImages(Dataset):
 
     def __getitem__(self, i: int):
         row = self.rows[i]
-        image = data.load_image(self.root, row["id"])
-        image = images.resize_long(image, int(self.rng.integers(self.resize[0], self.resize[1] + 1)))
-        if self.rng.random() < 0.5:
-            image = image[:, ::-1]
-        image = images.random_crop(image, self.crop, self.rng)
+        image = images.resize_long(data.load_image(self.root, row["id"]), images.random_long_side(self.rng, self.resize))
+        (image,) = images.flip_and_crop(self.rng, self.crop, image)
         return images.to_tensor(image), multi_hot(row["tags"], self.n_fg)
 
 
@@ -82,11 +79,11 @@ def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def predict_scores(model, root, rows: list[dict], long_side: int, device) -> np.ndarray:
-    model.eval().to(device)
+    place(model.eval(), device)
     out = []
     for row in tqdm(rows, desc="classifier val", unit="img", dynamic_ncols=True):
         image = images.resize_long(data.load_image(root, row["id"]), long_side)
-        logits, _ = model(images.to_tensor(image)[None].to(device))
+        logits, _ = model(place(images.to_tensor(image)[None], device))
         out.append(torch.sigmoid(logits)[0].cpu().numpy())
     return np.stack(out) if out else np.zeros((0, 0))
 
@@ -105,11 +102,8 @@ def main(params: dict) -> dict:
         train_rows = train_rows[: cfg["limit"]]
     n_fg = len(classes) - 1
     model = build_localizer(cfg, n_fg)
-    loader = DataLoader(
-        TaggedImages(root, train_rows, n_fg, cfg["crop_size"], tuple(cfg["resize_long"]), cfg["seed"]),
-        batch_size=min(cfg["batch_size"], len(train_rows)), shuffle=True, drop_last=True,
-        num_workers=cfg["num_workers"], generator=torch.Generator().manual_seed(cfg["seed"]),
-    )
+    loader = training_loader(
+        TaggedImages(root, train_rows, n_fg, cfg["crop_size"], tuple(cfg["resize_long"]), cfg["seed"]), cfg)
     start = time.perf_counter()
     history = fit(model, loader, cfg, device)
     train_seconds = time.perf_counter() - start

@@ -12,12 +12,12 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from models.classifier import build_localizer
 from tasks import data, images, mapstore, paths, tracking, trainer
 from tasks.io import write_json, write_text
-from tasks.runtime import resolve_device, save_checkpoint, seed_everything
+from tasks.runtime import resolve_device, save_checkpoint, seed_everything, training_loader
 
 
 def refinement_target(maps: np.ndarray, classes: list[int], n_fg: int) -> np.ndarray:
@@ -45,18 +45,12 @@ class MapTargets(Dataset):
 
     def __getitem__(self, i: int):
         image_id, classes, maps_u8 = self.records[i]
-        image = data.load_image(self.root, image_id)
-        long_side = int(self.rng.integers(self.resize[0], self.resize[1] + 1))
-        image = images.resize_long(image, long_side)
+        image = images.resize_long(data.load_image(self.root, image_id), images.random_long_side(self.rng, self.resize))
         h, w = image.shape[:2]
         maps = F.interpolate(torch.from_numpy(maps_u8.astype(np.float32) / 255)[None], size=(h, w),
                              mode="bilinear", align_corners=False)[0].numpy()
         target = refinement_target(maps, classes, self.n_fg).transpose(1, 2, 0)
-        if self.rng.random() < 0.5:
-            image, target = image[:, ::-1], target[:, ::-1]
-        box = images.crop_box(h, w, self.crop, self.rng)
-        image = images.apply_crop(image, box, self.crop, 127)
-        target = images.apply_crop(np.ascontiguousarray(target), box, self.crop, 0.0)
+        image, target = images.flip_and_crop(self.rng, self.crop, image, (target, 0.0))
         return images.to_tensor(image), torch.from_numpy(target.transpose(2, 0, 1).copy())
 
 
@@ -75,11 +69,8 @@ def main(params: dict) -> dict:
     n_fg = len(classes) - 1
     model_cfg = {**cfg, "drs": {"mode": "none", "delta": 1.0, "placement": []}}
     model = build_localizer(model_cfg, n_fg)
-    loader = DataLoader(
-        MapTargets(root, records, n_fg, cfg["crop_size"], tuple(cfg["resize_long"]), cfg["seed"]),
-        batch_size=min(cfg["batch_size"], len(records)), shuffle=True, drop_last=True,
-        num_workers=cfg["num_workers"], generator=torch.Generator().manual_seed(cfg["seed"]),
-    )
+    loader = training_loader(
+        MapTargets(root, records, n_fg, cfg["crop_size"], tuple(cfg["resize_long"]), cfg["seed"]), cfg)
     start = time.perf_counter()
     history = trainer.fit(model, loader, cfg, device, refinement_loss, "train refiner")
     save_checkpoint(paths.REFINER, model, {"classifier": model_cfg, "classes": classes})

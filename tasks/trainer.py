@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from models.backbones import freeze_prefix
 from tasks import tracking
-from tasks.runtime import scheduled_lr
+from tasks.runtime import place, scheduled_lr
 
 
 def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
@@ -47,7 +47,7 @@ def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
     freeze_prefix(model.backbone, cfg["freeze_blocks"])
     opt = make_optimizer(model, cfg)
     total, step, history = cfg["epochs"] * len(loader), 0, []
-    model.to(device)
+    place(model, device)
     bar = tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True)
     for epoch in range(cfg["epochs"]):
         set_train_mode(model, cfg["freeze_bn"])
@@ -55,7 +55,7 @@ def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
         for batch in loader:
             for group in opt.param_groups:
                 group["lr"] = scheduled_lr(group["base_lr"], cfg, step, total, epoch)
-            loss = batch_loss(model, [t.to(device) for t in batch])
+            loss = batch_loss(model, [place(t, device) for t in batch])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
