@@ -145,6 +145,7 @@ SCHEMA: dict = {
     },
     "refiner": {**LOCALIZER, **TRAINING},
     "pseudo_labels": {
+        "source": F(str, choices=("refined", "raw")),  # which maps become labels
         "bg_threshold": PROB,
         "temperature": F(float, min=0.001, max=10.0),
         "uncertain_margin": PROB,

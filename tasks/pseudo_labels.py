@@ -1,4 +1,7 @@
-"""Stage 4: pseudo segmentation labels from the refined maps, a background cue and a dense CRF.
+"""Stage 4: pseudo segmentation labels from the maps, a background cue and a dense CRF.
+
+`pseudo_labels.source` picks the maps: `refined` (the paper's path) or `raw` (the classifier's
+CAMs; on voc2012-mini with Lite0 the refiner lost 7 points, docs/results.md).
 
 Core: `make_labels` (image, maps, params in; a label map with 255 = uncertain out).
   background cue: a constant threshold, or 1 - saliency when a saliency map is given (the paper);
@@ -23,6 +26,9 @@ from tasks import data, images, labelstore, mapstore, paths, tracking
 from tasks.crf import dense_crf
 from tasks.io import atomic_path, write_json, write_text
 from tasks.metrics import IGNORE, confusion, per_class_csv, summary
+
+
+SOURCES = {"refined": paths.REFINED_MAPS, "raw": paths.MAPS}
 
 
 def make_labels(image: np.ndarray, maps: np.ndarray, classes: list[int], cfg: dict,
@@ -83,7 +89,7 @@ def main(params: dict) -> dict:
     n = len(classes)
     conf, ignored, total = np.zeros((n, n), np.int64), 0, 0
     jobs = ((str(root), i, c, m, cfg, rows[i]["has_mask"], n)
-            for i, c, m in mapstore.read(paths.REFINED_MAPS, as_uint8=True))
+            for i, c, m in mapstore.read(SOURCES[cfg["source"]], as_uint8=True))
     workers = cfg["workers"] or os.cpu_count() or 1
     start = time.perf_counter()
 
@@ -109,7 +115,7 @@ def main(params: dict) -> dict:
                 yield image_id, labels
 
         count = labelstore.write(with_samples(), paths.PSEUDO_LABELS, cfg["shard_size"])
-    metrics = {"n_images": count, "ignored_fraction": round(ignored / max(total, 1), 4),
+    metrics = {"source": cfg["source"], "n_images": count, "ignored_fraction": round(ignored / max(total, 1), 4),
                "seconds": round(time.perf_counter() - start, 1), "workers": workers}
     if conf.sum():
         metrics = {**summary(conf, classes), **metrics}
