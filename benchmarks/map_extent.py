@@ -1,6 +1,6 @@
 """Why a localization map scores what it scores: foreground extent against class assignment.
 
-    python benchmarks/map_extent.py RUN_DIR [RUN_DIR ...] [--name-from-dir]
+    python benchmarks/map_extent.py RUN_DIR [RUN_DIR ...] [--out NAME]
 
 Each RUN_DIR is a finished stage directory (artifacts/manifest.parquet, artifacts/maps,
 metrics/maps.json), e.g. one configuration of benchmarks/ablate_drs.py. At the background
@@ -9,7 +9,7 @@ threshold the map's own sweep chose, it splits the errors into
     precision, recall), and
   - assignment: among pixels both call foreground, the share given the right class;
 and how the map's mass sits: mean score inside the true object of a tagged class and outside it.
-Masks serve this evaluation only. Writes benchmarks/results/map_extent.md (and .jsonl).
+Masks serve this evaluation only. Writes benchmarks/results/NAME.md and .jsonl (NAME: map_extent).
 """
 from __future__ import annotations
 
@@ -27,13 +27,13 @@ from tasks.evaluate import maps_to_labels
 from tasks.metrics import IGNORE
 
 
-def extent(run_dir: Path, maps_dir: str = "artifacts/maps", metrics_file: str = "metrics/maps.json") -> dict:
-    manifest, classes, root = data.read_manifest(run_dir / "artifacts/manifest.parquet")
-    threshold = json.loads((run_dir / metrics_file).read_text())["threshold"]
+def extent(run_dir: Path) -> dict:
+    _, classes, root = data.read_manifest(run_dir / "artifacts/manifest.parquet")
+    threshold = json.loads((run_dir / "metrics/maps.json").read_text())["threshold"]
     n = len(classes)
     counts = dict.fromkeys(["valid", "gt_fg", "pred_fg", "both_fg", "both_right"], 0)
     inside, outside = [], []
-    for image_id, tags, maps in mapstore.read(run_dir / maps_dir):
+    for image_id, tags, maps in mapstore.read(run_dir / "artifacts/maps"):
         mask = data.load_mask(root, image_id, n)
         if mask is None:
             continue
