@@ -34,6 +34,10 @@ CONFIGS = {
     "fixed_head_d0.55": HEAD + ["classifier.drs.mode=fixed", "classifier.drs.delta=0.55"],
     "learnable_extra3_head": ["classifier.extra_convs=3", "classifier.drs.placement=[extra, head]",
                               "classifier.drs.mode=learnable"],
+    # 1x1 extra convs: DRS's spreading without new 3x3 layers trained from scratch, which cost the
+    # extra3 rows class assignment (docs/results.md)
+    "plain_extra3_k1": EXTRA3 + ["classifier.extra_kernel=1", "classifier.drs.mode=none"],
+    "learnable_extra3_k1": EXTRA3 + ["classifier.extra_kernel=1", "classifier.drs.mode=learnable"],
     "fixed_blocks4_extra3_d0.55": ["classifier.extra_convs=3", "classifier.drs.placement=[extra, 'blocks:4']",
                                    "classifier.drs.mode=fixed", "classifier.drs.delta=0.55"],
 }

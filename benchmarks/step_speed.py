@@ -35,7 +35,7 @@ CASES = [  # name, extra_convs, drs mode, frozen blocks, channels-last
 
 def step_seconds(extra: int, mode: str, frozen: int, channels_last: bool, steps: int) -> float:
     cfg = {"backbone": "efficientnet_lite0", "pretrained": True, "output_stride": 16, "extra_convs": extra,
-           "extra_channels": 512, "drs": {"mode": mode, "delta": 0.55, "placement": ["extra"]}}
+           "extra_channels": 512, "extra_kernel": 3, "drs": {"mode": mode, "delta": 0.55, "placement": ["extra"]}}
     model = build_localizer(cfg, 20)
     freeze_prefix(model.backbone, frozen)
     set_train_mode(model, freeze_bn=True)

@@ -9,15 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import segmenter  # noqa: F401  (registers the aspp head)
 from models.backbones import build_backbone
 from models.drs import Placement, make_drs
-from models.registry import LOCALIZERS
+from models.registry import HEADS, LOCALIZERS
 
 
 @LOCALIZERS.register("cam")
 class CAMClassifier(nn.Module):
     def __init__(self, n_classes: int, backbone: str = "efficientnet_lite0", pretrained: bool = True,
-                 output_stride: int = 16, extra_convs: int = 3, extra_channels: int = 512,
+                 output_stride: int = 16, extra_convs: int = 3, extra_channels: int = 512, extra_kernel: int = 3,
                  drs_mode: str = "none", drs_delta: float = 0.55, drs_placement: tuple = ("extra",)):
         super().__init__()
         placement = Placement(list(drs_placement))
@@ -29,7 +30,8 @@ class CAMClassifier(nn.Module):
                                        drs=drs, placement=placement)
         layers, channels = [], self.backbone.out_channels
         for _ in range(extra_convs):
-            layers += [nn.Conv2d(channels, extra_channels, 3, padding=1), nn.ReLU(inplace=False)]
+            layers += [nn.Conv2d(channels, extra_channels, extra_kernel, padding=extra_kernel // 2),
+                       nn.ReLU(inplace=False)]
             if placement.extra:
                 layers.append(drs(extra_channels))
             channels = extra_channels
@@ -51,17 +53,49 @@ class CAMClassifier(nn.Module):
         maps = self.classifier(self.extra(self.backbone(self.normalize(images))))
         return maps.mean(dim=(2, 3)), maps
 
+    @classmethod
+    def from_config(cls, cfg: dict, n_classes: int) -> "CAMClassifier":
+        return cls(n_classes=n_classes, backbone=cfg["backbone"], pretrained=cfg["pretrained"],
+                   output_stride=cfg["output_stride"], extra_convs=cfg["extra_convs"],
+                   extra_channels=cfg["extra_channels"], extra_kernel=cfg.get("extra_kernel", 3),  # older checkpoints: 3x3
+                   drs_mode=cfg["drs"]["mode"],
+                   drs_delta=cfg["drs"]["delta"], drs_placement=tuple(cfg["drs"]["placement"]))
+
     @torch.no_grad()
     def cams(self, images: torch.Tensor) -> torch.Tensor:
         """Non-negative class activation maps at feature resolution."""
         return F.relu(self.forward(images)[1])
 
 
+@LOCALIZERS.register("aspp")
+class ASPPLocalizer(nn.Module):
+    """Class maps from a DeepLab-style network (backbone + the segmenter's ASPP head).
+
+    The refiner's alternative to a 1x1 conv on the last features: the dilated branches and image
+    pooling give each pixel the context to decide whether it belongs to an object's extent.
+    """
+
+    def __init__(self, n_classes: int, backbone: str = "efficientnet_lite0", pretrained: bool = True,
+                 output_stride: int = 16, channels: int = 128, rates=(6, 12, 18)):
+        super().__init__()
+        self.backbone = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride)
+        self.head = HEADS.get("aspp")(self.backbone.out_channels, n_classes, channels=channels, rates=tuple(rates))
+        self.register_buffer("mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg: dict, n_classes: int) -> "ASPPLocalizer":
+        return cls(n_classes, backbone=cfg["backbone"], pretrained=cfg["pretrained"],
+                   output_stride=cfg["output_stride"], channels=cfg["aspp_channels"], rates=cfg["aspp_rates"])
+
+    def new_modules(self) -> list[nn.Module]:
+        return [self.head]
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps = self.head(self.backbone((images / 255.0 - self.mean) / self.std))
+        return maps.mean(dim=(2, 3)), maps
+
+
 def build_localizer(cfg: dict, n_classes: int) -> nn.Module:
-    """From the classifier section of params.yaml."""
-    return LOCALIZERS.get("cam")(
-        n_classes=n_classes, backbone=cfg["backbone"], pretrained=cfg["pretrained"],
-        output_stride=cfg["output_stride"], extra_convs=cfg["extra_convs"],
-        extra_channels=cfg["extra_channels"], drs_mode=cfg["drs"]["mode"],
-        drs_delta=cfg["drs"]["delta"], drs_placement=tuple(cfg["drs"]["placement"]),
-    )
+    """From a localizer section of params.yaml (`head` picks the kind; the classifier's is cam)."""
+    return LOCALIZERS.get(cfg.get("head", "cam"), key="refiner.head").from_config(cfg, n_classes)

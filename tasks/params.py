@@ -91,6 +91,7 @@ LOCALIZER = {
     "output_stride": F(int, choices=(8, 16, 32)),
     "extra_convs": F(int, min=0, max=8),
     "extra_channels": POS_INT,
+    "extra_kernel": F(int, choices=(1, 3)),   # the paper's 3x3, or 1x1 (no new spatial mixing)
 }
 CRF = {
     "iterations": F(int, min=1, max=100),
@@ -143,7 +144,13 @@ SCHEMA: dict = {
         "n_overlays": F(int, min=0, max=1000),
         "shard_size": F(int, min=1, max=100000),
     },
-    "refiner": {**LOCALIZER, **TRAINING},
+    "refiner": {
+        **LOCALIZER,
+        "head": F(str, choices=("cam", "aspp")),   # 1x1 conv on the features, or the segmenter's ASPP head
+        "aspp_channels": POS_INT,
+        "aspp_rates": F(list, item=F(int, min=1, max=64)),
+        **TRAINING,
+    },
     "pseudo_labels": {
         "source": F(str, choices=("refined", "raw")),  # which maps become labels
         "bg_threshold": PROB,

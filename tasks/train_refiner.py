@@ -2,7 +2,10 @@
 
 A second network learns to reproduce the exported maps from the image alone: the target for each
 pixel is the map value of its argmax class, other channels zero (MSE). Because it must explain the
-maps from appearance, it fills holes and drops isolated noise.
+maps from appearance, it fills holes and drops isolated noise. `refiner.head` picks the network:
+`aspp` (the segmenter's DeepLab head: dilated context per pixel) or `cam` (a 1x1 conv on the
+backbone's features, like the classifier). On voc2012-mini the 1x1 version only learned to
+predict near-zero maps (refined 31.27 vs raw 38.24 mIoU); the ASPP head learns the shapes (43.22).
 Core: `refinement_target` and `refinement_loss`; `main` trains and saves artifacts/refiner.pt.
 """
 from __future__ import annotations

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -109,3 +111,34 @@ def test_freeze_prefix_stops_gradients_in_early_layers(backbone, n, stride):
     first = next(model.backbone.parameters())
     assert first.grad is None and all(p.grad is not None for p in model.classifier.parameters())
     assert freeze_prefix(CAMClassifier(3, pretrained=False, extra_convs=0).backbone, 0) == 0
+
+
+def test_refiner_head_is_picked_by_params_and_survives_a_checkpoint(tmp_path):
+    from models.classifier import ASPPLocalizer, build_localizer
+    from tasks.export_maps import load_model
+    from tasks.params import load
+    from tasks.runtime import save_checkpoint
+
+    params = load(Path(__file__).resolve().parent.parent / "params.yaml", ["refiner.head=aspp", "refiner.pretrained=false", "refiner.aspp_channels=8"])
+    cfg = params["refiner"]
+    model = build_localizer(cfg, 5)
+    assert isinstance(model, ASPPLocalizer)
+    logits, maps = model(torch.rand(1, 3, 64, 64) * 255)
+    assert logits.shape == (1, 5) and maps.shape == (1, 5, 4, 4)
+    assert isinstance(build_localizer(params["classifier"], 5), CAMClassifier)
+
+    save_checkpoint(tmp_path / "refiner.pt", model, {"classifier": cfg, "classes": [f"c{i}" for i in range(6)]})
+    loaded, _ = load_model(tmp_path / "refiner.pt", torch.device("cpu"))
+    x = torch.rand(1, 3, 64, 64) * 255
+    torch.testing.assert_close(loaded(x)[1], model.eval()(x)[1])
+    with pytest.raises(KeyError, match="refiner.head"):
+        build_localizer({**cfg, "head": "nope"}, 5)
+
+
+def test_extra_kernel_one_adds_no_spatial_mixing():
+    model = CAMClassifier(5, pretrained=False, extra_convs=3, extra_channels=16, extra_kernel=1,
+                          drs_mode="learnable", drs_placement=("extra",))
+    convs = [m for m in model.extra if isinstance(m, torch.nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(1, 1)] * 3
+    assert _count(model, LearnableDRS) == 3
+    assert model(torch.rand(1, 3, 64, 64) * 255)[1].shape == (1, 5, 4, 4)

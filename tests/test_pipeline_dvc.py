@@ -21,6 +21,7 @@ SMALL = [
     "classifier.resize_long=[64, 80]", "classifier.extra_channels=16",
     "maps.scales=[1.0]", "maps.n_overlays=2",
     "refiner.epochs=1", "refiner.batch_size=3", "refiner.crop_size=64", "refiner.resize_long=[64, 80]",
+    "refiner.aspp_channels=16",
     "pseudo_labels.n_samples=2",
     "segmenter.epochs=1", "segmenter.batch_size=3", "segmenter.crop_size=64", "segmenter.resize_long=[64, 80]",
     "segmenter.aspp_channels=16",
