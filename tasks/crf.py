@@ -25,3 +25,10 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, cfg: dict) -> np.ndarray:
                              compat=cfg["bilateral_compat"])
     q = crf.inference(cfg["iterations"])
     return np.asarray(q, dtype=np.float32).reshape(c, h, w)
+
+
+def crf_labels(job: tuple) -> np.ndarray:
+    """(image, probs, cfg) -> the CRF's per-pixel argmax (uint8): a picklable unit of work for the
+    process pools that spread CRF over the cores (this module imports no torch, so workers start fast)."""
+    image, probs, cfg = job
+    return dense_crf(image, probs.astype(np.float32), cfg).argmax(0).astype(np.uint8)

@@ -109,6 +109,7 @@ SEGMENTER = {
     "aspp_channels": POS_INT,
     "aspp_rates": F(list, item=F(int, min=1, max=64)),
     "val_flip": F(bool),
+    "val_scales": F(list, item=F(float, min=0.1, max=4.0)),   # inference scales, logits averaged
     **TRAINING,
 }
 

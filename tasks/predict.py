@@ -38,7 +38,7 @@ def predict_folder(in_dir: Path, out_dir: Path, checkpoint: Path, device: str = 
                     image = np.array(img.convert("RGB"), dtype=np.uint8)
             except (UnidentifiedImageError, OSError) as exc:
                 raise ValueError(f"{path}: not a readable image ({exc})") from None
-            probs = predict_probs(model, image, dev, cfg["val_flip"])
+            probs = predict_probs(model, image, dev, cfg["val_flip"], cfg.get("val_scales", [1.0]))
             if use_crf:
                 probs = dense_crf(image, probs, crf_cfg or cfg["crf"])
             labels = probs.argmax(0).astype(np.uint8)

@@ -1,7 +1,7 @@
 """Stage 4: pseudo segmentation labels from the maps, a background cue and a dense CRF.
 
-`pseudo_labels.source` picks the maps: `refined` (the paper's path) or `raw` (the classifier's
-CAMs; on voc2012-mini with Lite0 the refiner lost 7 points, docs/results.md).
+`pseudo_labels.source` picks the maps: `refined` (the paper's path, the default) or `raw` (the
+classifier's CAMs, for comparison or when the refiner is not trusted on new data).
 
 Core: `make_labels` (image, maps, params in; a label map with 255 = uncertain out).
   background cue: a constant threshold, or 1 - saliency when a saliency map is given (the paper);

@@ -55,3 +55,23 @@ def test_threshold_sweep_finds_the_separating_threshold():
     sweep.add(maps, [2], mask)
     result = sweep.result(["bg", "a", "b"])
     assert result["threshold"] == 0.5 and result["miou"] == 100.0 and not result["best_at_sweep_edge"]
+
+
+@pytest.mark.parametrize("classes", [[], [3], [1, 4, 2]])
+def test_threshold_sweep_counts_match_scoring_each_threshold(classes):
+    from tasks.metrics import confusion
+
+    rng = np.random.default_rng(len(classes))
+    # uint8-quantised maps, as stored: many exact ties with the thresholds and between classes
+    maps = (rng.integers(0, 256, (len(classes), 30, 40)) / 255).astype(np.float32)
+    maps[:, :5] = 0.5
+    mask = rng.integers(0, 5, (30, 40)).astype(np.uint8)
+    mask[-3:] = 255
+    values = [0.05 * i for i in range(1, 20)]
+    sweep = ThresholdSweep(values, 5)
+    sweep.add(maps, classes, mask)
+    sweep.add(maps[:, ::-1].copy(), classes, mask)
+    for i, t in enumerate(values):
+        expected = confusion(mask, maps_to_labels(maps, classes, t), 5)
+        expected += confusion(mask, maps_to_labels(maps[:, ::-1], classes, t), 5)
+        np.testing.assert_array_equal(sweep.conf[i], expected)

@@ -6,12 +6,14 @@ from PIL import Image
 from tasks import data
 from tasks.predict import predict_folder
 from tasks.runtime import save_checkpoint
-from tasks.segmentation import checkpoint_config, evaluate, train
+from tasks.crf import dense_crf
+from tasks.metrics import confusion
+from tasks.segmentation import checkpoint_config, evaluate, predict_probs, train
 
 CRF = {"iterations": 2, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 20, "bilateral_srgb": 10,
        "bilateral_compat": 5}
 CFG = {"backbone": "efficientnet_lite0", "head": "aspp", "pretrained": False, "output_stride": 16,
-       "aspp_channels": 8, "aspp_rates": [1, 2], "val_flip": True, "freeze_bn": True, "freeze_blocks": 3, "epochs": 2,
+       "aspp_channels": 8, "aspp_rates": [1, 2], "val_flip": True, "val_scales": [1.0], "freeze_bn": True, "freeze_blocks": 3, "epochs": 2,
        "batch_size": 2, "crop_size": 32, "resize_long": [40, 56], "optimizer": "sgd", "lr_schedule": "poly",
        "lr_step_epochs": [1], "lr": 0.01, "new_layer_lr_mult": 10.0, "weight_decay": 0.0, "momentum": 0.9,
        "seed": 0, "device": "cpu", "num_workers": 0, "crf": CRF}
@@ -38,6 +40,13 @@ def test_segmenter_trains_and_evaluates(voc_fixture, trained):
     valid = sum(int((data.load_mask(voc_fixture, r["id"], 3) != 255).sum()) for r in rows)
     assert plain.sum() == valid and with_crf.sum() == valid
     assert len(panels) == 1 and panels[0][1].shape == (40, 200, 3)
+    # the CRF runs in worker processes: same counts as running it here, image by image
+    expected = np.zeros_like(with_crf)
+    for r in rows:
+        image, mask = data.load_image(voc_fixture, r["id"]), data.load_mask(voc_fixture, r["id"], 3)
+        probs = predict_probs(model, image, torch.device("cpu"), CFG["val_flip"], CFG["val_scales"])
+        expected += confusion(mask, dense_crf(image, probs, CRF).argmax(0).astype(np.uint8), 3)
+    np.testing.assert_array_equal(with_crf, expected)
 
 
 def test_predict_folder_writes_pngs_and_names_bad_files(voc_fixture, trained, tmp_path):
@@ -57,3 +66,13 @@ def test_predict_folder_writes_pngs_and_names_bad_files(voc_fixture, trained, tm
     with pytest.raises(ValueError, match="broken.png: not a readable image"):
         predict_folder(inp, tmp_path / "out2", ckpt, "cpu")
     assert not (tmp_path / "out2").exists()  # nothing half-written
+
+
+def test_multiscale_inference_keeps_the_image_size_and_averages_scales(voc_fixture, trained):
+    model, _, _ = trained
+    image = data.load_image(voc_fixture, data.read_split(voc_fixture, "val")[0])
+    one = predict_probs(model, image, torch.device("cpu"), True, [1.0])
+    multi = predict_probs(model, image, torch.device("cpu"), True, [0.75, 1.0, 1.5])
+    assert one.shape == multi.shape == (3, *image.shape[:2])
+    np.testing.assert_allclose(multi.sum(0), 1.0, rtol=1e-5)
+    assert not np.allclose(one, multi)  # the other scales contribute

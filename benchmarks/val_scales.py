@@ -1,0 +1,71 @@
+"""Val mIoU of trained segmenters under other inference scales, without retraining.
+
+    OMP_NUM_THREADS=2 python benchmarks/val_scales.py RUN_DIR [--scales 0.75 1.0 1.25 ...]
+
+RUN_DIR is a finished pipeline directory (benchmarks/run_pipeline.py): its weak segmenter
+(artifacts/segmenter.pt) and its ground-truth reference (artifacts/reference.pt) are scored on the
+val split with each scale set given (single scale [1.0] is the baseline, always run first), with
+and without CRF, as segmentation.evaluate scores them in the pipeline. Appends to
+benchmarks/results/val_scales.jsonl and rewrites val_scales.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from common import RESULTS, host
+
+from tasks import data, segmentation
+from tasks.metrics import mean_iou
+from tasks.runtime import resolve_device
+
+
+def score(checkpoint: Path, run_dir: Path, scales: list[float], split: str) -> dict:
+    device = resolve_device("auto")
+    model, cfg, classes = segmentation.load_segmenter(checkpoint, device)
+    manifest, _, root = data.read_manifest(run_dir / "artifacts/manifest.parquet")
+    rows = data.split_rows(manifest, split)
+    start = time.perf_counter()
+    plain, crf, _ = segmentation.evaluate(model, root, rows, len(classes), {**cfg, "val_scales": scales}, device)
+    return {"miou": round(100 * mean_iou(plain), 2), "miou_crf": round(100 * mean_iou(crf), 2),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--scales", nargs="+", type=float, action="append", default=None,
+                    help="one scale set per use of the option (default: 0.75 1.0 1.25)")
+    args = ap.parse_args()
+    sets = [[1.0]] + (args.scales or [[0.75, 1.0, 1.25]])
+    rows = []
+    for scales in sets:
+        row = {"run": str(args.run_dir), "scales": scales, **host()}
+        for name in ("segmenter", "reference"):
+            ckpt = args.run_dir / "artifacts" / f"{name}.pt"
+            if ckpt.is_file():
+                row[name] = score(ckpt, args.run_dir, scales, args.split)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / "val_scales.jsonl", "a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    lines = ["| scales | weak val mIoU | + CRF | reference val mIoU | + CRF | ratio | ratio, CRF | eval s (weak) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        w, g = r.get("segmenter", {}), r.get("reference", {})
+        ratio = round(w["miou"] / g["miou"], 3) if w and g else "-"
+        ratio_crf = round(w["miou_crf"] / g["miou_crf"], 3) if w and g else "-"
+        lines.append(f"| {r['scales']} | {w.get('miou', '-')} | {w.get('miou_crf', '-')} | {g.get('miou', '-')} | "
+                     f"{g.get('miou_crf', '-')} | {ratio} | {ratio_crf} | {w.get('seconds', '-')} |")
+    (RESULTS / "val_scales.md").write_text(
+        f"Segmenters of `{args.run_dir}` re-scored on val ({rows[0]['date']}, {rows[0]['cpus']} CPUs).\n\n"
+        + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
