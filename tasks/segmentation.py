@@ -80,9 +80,9 @@ def predict_probs(model, image: np.ndarray, device, flip: bool, scales=(1.0,)) -
 def evaluate(model, root, rows: list[dict], n_classes: int, cfg: dict, device, samples: int = 0, workers: int = 0):
     """(confusion without CRF, confusion with CRF, sample panels) over rows that have masks.
 
-    The network runs here; the CRF of each image (most of the time: single-threaded and about
-    5x a flipped forward pass on CPU) runs in a pool of `workers` processes (0: all cores), at most
-    two images per worker in flight so memory stays flat.
+    The network runs here; the CRF of each image (single-threaded, and on CPU most of the time)
+    runs in a pool of `workers` processes (0: all cores), at most two images per worker in flight
+    so memory stays flat.
     """
     plain = np.zeros((n_classes, n_classes), np.int64)
     refined = np.zeros_like(plain)
