@@ -1,12 +1,12 @@
 """Val mIoU of trained segmenters under other inference scales, without retraining.
 
-    OMP_NUM_THREADS=2 python benchmarks/val_scales.py RUN_DIR [--scales 0.75 1.0 1.25 ...]
+    OMP_NUM_THREADS=2 python benchmarks/val_scales.py RUN_DIR [--no-baseline] [--scales 0.5 0.75 1.0 ...]
 
 RUN_DIR is a finished pipeline directory (benchmarks/run_pipeline.py): its weak segmenter
 (artifacts/segmenter.pt) and its ground-truth reference (artifacts/reference.pt) are scored on the
-val split with each scale set given (single scale [1.0] is the baseline, always run first), with
+val split with each scale set given (single scale [1.0] is the baseline, run first unless --no-baseline), with
 and without CRF, as segmentation.evaluate scores them in the pipeline. Appends to
-benchmarks/results/val_scales.jsonl and rewrites val_scales.md.
+benchmarks/results/val_scales.jsonl and rewrites val_scales.md with every row scored for RUN_DIR.
 """
 from __future__ import annotations
 
@@ -38,9 +38,10 @@ def main() -> None:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--split", default="val")
     ap.add_argument("--scales", nargs="+", type=float, action="append", default=None,
-                    help="one scale set per use of the option (default: 0.75 1.0 1.25)")
+                    help="one scale set per use of the option (default: 0.5 0.75 1.0)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the single-scale [1.0] row")
     args = ap.parse_args()
-    sets = [[1.0]] + (args.scales or [[0.75, 1.0, 1.25]])
+    sets = ([] if args.no_baseline else [[1.0]]) + (args.scales or [[0.5, 0.75, 1.0]])
     rows = []
     for scales in sets:
         row = {"run": str(args.run_dir), "scales": scales, **host()}
@@ -55,7 +56,8 @@ def main() -> None:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     lines = ["| scales | weak val mIoU | + CRF | reference val mIoU | + CRF | ratio | ratio, CRF | eval s (weak) |",
              "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    history = [json.loads(line) for line in (RESULTS / "val_scales.jsonl").read_text().splitlines() if line.strip()]
+    for r in [h for h in history if h["run"] == str(args.run_dir)]:
         w, g = r.get("segmenter", {}), r.get("reference", {})
         ratio = round(w["miou"] / g["miou"], 3) if w and g else "-"
         ratio_crf = round(w["miou_crf"] / g["miou_crf"], 3) if w and g else "-"

@@ -110,6 +110,8 @@ SEGMENTER = {
     "aspp_rates": F(list, item=F(int, min=1, max=64)),
     "val_flip": F(bool),
     "val_scales": F(list, item=F(float, min=0.1, max=4.0)),   # inference scales, logits averaged
+    "loss": F(str),                                             # models/losses.py: cross_entropy | small_loss_ce
+    "loss_drop": F(float, min=0.0, max=0.9),                    # small_loss_ce: fraction left out per class
     **TRAINING,
 }
 
@@ -165,7 +167,8 @@ SCHEMA: dict = {
         "shard_size": F(int, min=1, max=100000),
         "n_samples": F(int, min=0, max=1000),
     },
-    "segmenter": {**SEGMENTER, "crf": CRF},
+    # min_prob: classes below it everywhere are left out of the val CRF (tasks/crf.py, crf_argmax)
+    "segmenter": {**SEGMENTER, "crf": {**CRF, "min_prob": F(float, min=0.0, max=0.5)}},
     "reference": {"enabled": F(bool)},
 }
 

@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from tasks import images, labelstore, paths
-from tasks.crf import dense_crf
+from tasks.crf import crf_argmax
 from tasks.io import atomic_path
 from tasks.params import load
 from tasks.runtime import resolve_device
@@ -39,9 +39,8 @@ def predict_folder(in_dir: Path, out_dir: Path, checkpoint: Path, device: str = 
             except (UnidentifiedImageError, OSError) as exc:
                 raise ValueError(f"{path}: not a readable image ({exc})") from None
             probs = predict_probs(model, image, dev, cfg["val_flip"], cfg.get("val_scales", [1.0]))
-            if use_crf:
-                probs = dense_crf(image, probs, crf_cfg or cfg["crf"])
-            labels = probs.argmax(0).astype(np.uint8)
+            labels = (crf_argmax(image, probs, crf_cfg or cfg["crf"]) if use_crf
+                      else probs.argmax(0).astype(np.uint8))
             labelstore.palette_png(labels).save(tmp / "labels" / f"{path.stem}.png")
             Image.fromarray(images.blend(image, images.colour_labels(labels), 0.55)).save(
                 tmp / "overlays" / f"{path.stem}.png")

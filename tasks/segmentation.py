@@ -12,11 +12,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from models.registry import LOSSES
 from models.segmenter import build_segmenter
 from tasks import data, images, trainer
 from tasks.crf import crf_labels
@@ -45,16 +45,22 @@ class LabelledCrops(Dataset):
         return images.to_tensor(image), torch.from_numpy(labels.astype(np.int64))
 
 
-def segmentation_loss(model, batch):
-    x, labels = batch
-    return F.cross_entropy(model(x), labels, ignore_index=IGNORE)
+def segmentation_loss(cfg: dict) -> Callable:
+    """batch_loss(model, batch) for the trainer: cfg["loss"] from the LOSSES registry, 255 ignored."""
+    loss = LOSSES.get(cfg.get("loss", "cross_entropy"), "segmenter.loss")
+    drop = cfg.get("loss_drop", 0.0)
+
+    def batch_loss(model, batch):
+        x, labels = batch
+        return loss(model(x), labels, drop=drop, ignore_index=IGNORE)
+    return batch_loss
 
 
 def train(cfg: dict, root, ids: list[str], labels: Callable, n_classes: int, device, desc: str):
     model = build_segmenter(cfg, n_classes)
     loader = training_loader(
         LabelledCrops(root, ids, labels, cfg["crop_size"], tuple(cfg["resize_long"]), cfg["seed"]), cfg)
-    history = trainer.fit(model, loader, cfg, device, segmentation_loss, desc)
+    history = trainer.fit(model, loader, cfg, device, segmentation_loss(cfg), desc)
     return model, history
 
 

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from tasks.crf import dense_crf
+from tasks import crf as crf_module
+from tasks.crf import crf_argmax, dense_crf
 from tasks.pseudo_labels import make_labels
 from tasks.train_refiner import refinement_target
 
@@ -22,6 +23,37 @@ def test_crf_snaps_a_blurry_boundary_to_the_image_edge():
     before = (probs.argmax(0) != truth).mean()
     after = (dense_crf(image, probs, CRF).argmax(0) != truth).mean()
     assert before > 0.1 and after < before / 2
+
+
+def _three_class_probs():
+    """Class 0 left, class 2 right, class 1 never above 0.02: the CRF can leave it out."""
+    h, w = 24, 48
+    x = np.arange(w, dtype=np.float32)
+    right = np.tile(1 / (1 + np.exp(-(x - 27) / 4)), (h, 1)) * 0.98
+    probs = np.stack([0.98 - right, np.full((h, w), 0.02, np.float32), right]).astype(np.float32)
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:, 20:] = 255
+    return image, probs
+
+
+def test_crf_argmax_leaves_out_hopeless_classes_and_maps_indices_back(monkeypatch):
+    image, probs = _three_class_probs()
+    full = dense_crf(image, probs, CRF).argmax(0)
+    seen = []
+    real = crf_module.dense_crf
+    monkeypatch.setattr(crf_module, "dense_crf", lambda im, p, cfg: seen.append(len(p)) or real(im, p, cfg))
+    pruned = crf_argmax(image, probs, {**CRF, "min_prob": 0.05})
+    assert seen == [2]                       # class 1 was left out of the CRF
+    assert set(np.unique(pruned)) == {0, 2}  # and the kept channels map back to their class ids
+    assert (pruned == full).mean() > 0.99
+    np.testing.assert_array_equal(crf_argmax(image, probs, CRF), full)  # min_prob absent: all classes
+
+
+def test_crf_argmax_skips_the_crf_when_one_class_is_left(monkeypatch):
+    image, probs = _three_class_probs()
+    probs = np.stack([np.full_like(probs[0], 0.96), probs[1], np.full_like(probs[0], 0.02)])
+    monkeypatch.setattr(crf_module, "dense_crf", lambda *a: pytest.fail("CRF ran with one class"))
+    assert (crf_argmax(image, probs, {**CRF, "min_prob": 0.05}) == 0).all()
 
 
 def _flat_image(h=16, w=16):
