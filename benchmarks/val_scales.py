@@ -6,7 +6,7 @@ RUN_DIR is a finished pipeline directory (benchmarks/run_pipeline.py): its weak 
 (artifacts/segmenter.pt) and its ground-truth reference (artifacts/reference.pt) are scored on the
 val split with each scale set given (single scale [1.0] is the baseline, run first unless --no-baseline), with
 and without CRF, as segmentation.evaluate scores them in the pipeline. Appends to
-benchmarks/results/val_scales.jsonl and rewrites val_scales.md with every row scored for RUN_DIR.
+benchmarks/results/val_scales.jsonl and rewrites val_scales.md from every row scored so far.
 """
 from __future__ import annotations
 
@@ -54,19 +54,25 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / "val_scales.jsonl", "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
-    lines = ["| scales | weak val mIoU | + CRF | reference val mIoU | + CRF | ratio | ratio, CRF | eval s (weak) |",
-             "|---|---|---|---|---|---|---|---|"]
+    write_table()
+
+
+def write_table() -> None:
+    """val_scales.md from every row of val_scales.jsonl, oldest first."""
+    lines = ["| run | date | scales | weak val mIoU | + CRF | reference val mIoU | + CRF | ratio | ratio, CRF "
+             "| eval s (weak) |", "|---|---|---|---|---|---|---|---|---|---|"]
     history = [json.loads(line) for line in (RESULTS / "val_scales.jsonl").read_text().splitlines() if line.strip()]
-    for r in [h for h in history if h["run"] == str(args.run_dir)]:
+    for r in history:
         w, g = r.get("segmenter", {}), r.get("reference", {})
         ratio = round(w["miou"] / g["miou"], 3) if w and g else "-"
         ratio_crf = round(w["miou_crf"] / g["miou_crf"], 3) if w and g else "-"
-        lines.append(f"| {r['scales']} | {w.get('miou', '-')} | {w.get('miou_crf', '-')} | {g.get('miou', '-')} | "
-                     f"{g.get('miou_crf', '-')} | {ratio} | {ratio_crf} | {w.get('seconds', '-')} |")
+        lines.append(f"| `{r['run']}` | {r['date']} | {r['scales']} | {w.get('miou', '-')} | {w.get('miou_crf', '-')} "
+                     f"| {g.get('miou', '-')} | {g.get('miou_crf', '-')} | {ratio} | {ratio_crf} "
+                     f"| {w.get('seconds', '-')} |")
     (RESULTS / "val_scales.md").write_text(
-        f"Segmenters of `{args.run_dir}` re-scored on val ({rows[0]['date']}, {rows[0]['cpus']} CPUs).\n\n"
+        "Trained segmenters re-scored on val at other inference scales (benchmarks/val_scales.py; 2 CPUs).\n\n"
         + "\n".join(lines) + "\n")
-    print("\n".join(lines))
+
 
 
 if __name__ == "__main__":
