@@ -94,7 +94,7 @@ def test_dvc_repro_demo_end_to_end(tmp_path):
     assert time.perf_counter() - start < 30
 
     # A maps-only parameter re-runs export_maps and nothing upstream.
-    shrink(repo, ["maps.flip=false"])
+    shrink(repo, ["maps.flip=true"])  # the opposite of the default
     third = dvc(repo, "repro")
     assert third.returncode == 0, third.stderr
     assert "Running stage 'export_maps'" in third.stdout and "Running stage 'train_classifier'" not in third.stdout
