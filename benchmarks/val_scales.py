@@ -54,11 +54,11 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / "val_scales.jsonl", "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
-    write_table()
+    print(write_table())
 
 
-def write_table() -> None:
-    """val_scales.md from every row of val_scales.jsonl, oldest first."""
+def write_table() -> str:
+    """Rewrite val_scales.md from every row of val_scales.jsonl, oldest first; returns the table."""
     lines = ["| run | date | scales | weak val mIoU | + CRF | reference val mIoU | + CRF | ratio | ratio, CRF "
              "| eval s (weak) |", "|---|---|---|---|---|---|---|---|---|---|"]
     history = [json.loads(line) for line in (RESULTS / "val_scales.jsonl").read_text().splitlines() if line.strip()]
@@ -69,10 +69,11 @@ def write_table() -> None:
         lines.append(f"| `{r['run']}` | {r['date']} | {r['scales']} | {w.get('miou', '-')} | {w.get('miou_crf', '-')} "
                      f"| {g.get('miou', '-')} | {g.get('miou_crf', '-')} | {ratio} | {ratio_crf} "
                      f"| {w.get('seconds', '-')} |")
+    table = "\n".join(lines)
     (RESULTS / "val_scales.md").write_text(
         "Trained segmenters re-scored on val at other inference scales (benchmarks/val_scales.py; 2 CPUs).\n\n"
-        + "\n".join(lines) + "\n")
-
+        + table + "\n")
+    return table
 
 
 if __name__ == "__main__":
