@@ -112,6 +112,7 @@ SEGMENTER = {
     "val_scales": F(list, item=F(float, min=0.1, max=4.0)),   # inference scales, logits averaged
     "loss": F(str),                                             # models/losses.py: cross_entropy | small_loss_ce
     "loss_drop": F(float, min=0.0, max=0.9),                    # small_loss_ce: fraction left out per class
+    "init": F(str, choices=("imagenet", "refiner")),            # refiner: warm start from artifacts/refiner.pt
     **TRAINING,
 }
 

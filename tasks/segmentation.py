@@ -56,8 +56,33 @@ def segmentation_loss(cfg: dict) -> Callable:
     return batch_loss
 
 
-def train(cfg: dict, root, ids: list[str], labels: Callable, n_classes: int, device, desc: str):
+def warm_start(model, state: dict, source: str) -> None:
+    """Copy a localizer's weights (the refiner: same backbone and ASPP head) into a segmenter.
+
+    The localizer has one output per foreground class; they become outputs 1.. and the background
+    output keeps its fresh initialisation. A key with another shape means the two configs differ.
+    """
+    own = model.state_dict()
+    for key in ("head.classifier.weight", "head.classifier.bias"):
+        if key in state and key in own and state[key].shape == (own[key].shape[0] - 1, *own[key].shape[1:]):
+            fg = own[key].clone()
+            fg[1:] = state[key]
+            state = {**state, key: fg}
+    missing = sorted(k for k in own if k not in state)
+    wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
+    if missing or wrong:
+        raise ValueError(f"segmenter.init: {source} does not fit the segmenter (missing {missing[:3]}, "
+                         f"other shape {wrong[:3]}): refiner and segmenter need the same backbone, "
+                         f"output_stride, aspp_channels and aspp_rates")
+    model.load_state_dict({k: state[k] for k in own})
+
+
+def train(cfg: dict, root, ids: list[str], labels: Callable, n_classes: int, device, desc: str,
+          start: tuple[dict, str] | None = None):
+    """start: (state_dict, where it came from) to warm-start from instead of the backbone's ImageNet weights."""
     model = build_segmenter(cfg, n_classes)
+    if start is not None:
+        warm_start(model, *start)
     loader = training_loader(
         LabelledCrops(root, ids, labels, cfg["crop_size"], tuple(cfg["resize_long"]), cfg["seed"]), cfg)
     history = trainer.fit(model, loader, cfg, device, segmentation_loss(cfg), desc)

@@ -21,6 +21,9 @@ def main(params: dict) -> dict:
             raise data.DataError(f"image {image_id!r} has no mask: set reference.enabled: false for tag-only data")
         return mask
 
+    # Always from ImageNet: a fully supervised model has no refiner to start from (and this stage then
+    # need not re-run whenever the refiner changes).
+    params = {**params, "segmenter": {**params["segmenter"], "init": "imagenet"}}
     return {"enabled": True, **train_and_score(params, labels_for, "reference", paths.REFERENCE)}
 
 

@@ -12,18 +12,25 @@ from PIL import Image
 from tasks import data, labelstore, paths, segmentation, tracking, trainer
 from tasks.io import atomic_path, write_json, write_text
 from tasks.metrics import per_class_csv, summary
-from tasks.runtime import resolve_device, save_checkpoint, seed_everything
+from tasks.runtime import load_checkpoint, resolve_device, save_checkpoint, seed_everything
 
 
 def train_and_score(params: dict, labels_for, name: str, checkpoint: Path) -> dict:
-    """Train on the train split with `labels_for(id)`, save, score on val; writes metrics/<name>.json."""
+    """Train on the train split with `labels_for(id)`, save, score on val; writes metrics/<name>.json.
+
+    segmenter.init: refiner starts from the refiner's weights (artifacts/refiner.pt).
+    """
     cfg = params["segmenter"]
+    warm = None
+    if cfg["init"] == "refiner":
+        warm = (load_checkpoint(paths.REFINER)["state_dict"], str(paths.REFINER))
     seed_everything(cfg["seed"])
     device = resolve_device(cfg["device"])
     manifest, classes, root = data.read_manifest(paths.MANIFEST)
     train_ids = [r["id"] for r in data.split_rows(manifest, params["data"]["train_split"])]
     start = time.perf_counter()
-    model, history = segmentation.train(cfg, root, train_ids, labels_for, len(classes), device, f"train {name}")
+    model, history = segmentation.train(cfg, root, train_ids, labels_for, len(classes), device, f"train {name}",
+                                          warm)
     train_seconds = time.perf_counter() - start
     save_checkpoint(checkpoint, model, segmentation.checkpoint_config(cfg, classes))
     write_text(trainer.history_csv(history), paths.PLOTS / f"{name}_train.csv")
@@ -32,7 +39,7 @@ def train_and_score(params: dict, labels_for, name: str, checkpoint: Path) -> di
     start = time.perf_counter()
     plain, with_crf, panels = segmentation.evaluate(model, root, val_rows, len(classes), cfg, device, samples=4)
     metrics = {"train_seconds": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - start, 1),
-               "epochs": cfg["epochs"], "n_train": len(train_ids), "final_loss": round(history[-1]["loss"], 5)}
+               "epochs": cfg["epochs"], "init": cfg["init"], "n_train": len(train_ids), "final_loss": round(history[-1]["loss"], 5)}
     if plain.sum():
         s, s_crf = summary(plain, classes), summary(with_crf, classes)
         metrics.update({"val_miou": s["miou"], "val_miou_crf": s_crf["miou"],

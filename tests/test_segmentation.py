@@ -76,3 +76,24 @@ def test_multiscale_inference_keeps_the_image_size_and_averages_scales(voc_fixtu
     assert one.shape == multi.shape == (3, *image.shape[:2])
     np.testing.assert_allclose(multi.sum(0), 1.0, rtol=1e-5)
     assert not np.allclose(one, multi)  # the other scales contribute
+
+
+def test_warm_start_copies_the_refiner_and_keeps_a_fresh_background_output():
+    from models.classifier import ASPPLocalizer
+    from models.segmenter import build_segmenter
+    from tasks.segmentation import warm_start
+
+    torch.manual_seed(0)
+    refiner = ASPPLocalizer(2, pretrained=False, output_stride=16, channels=8, rates=(1, 2))
+    seg = build_segmenter(CFG, 3)
+    background = seg.head.classifier.weight[0].clone()
+    warm_start(seg, refiner.state_dict(), "refiner.pt")
+    torch.testing.assert_close(seg.head.classifier.weight[1:], refiner.head.classifier.weight)
+    torch.testing.assert_close(seg.head.classifier.weight[0], background)
+    for key, value in refiner.state_dict().items():
+        if not key.startswith("head.classifier"):
+            torch.testing.assert_close(seg.state_dict()[key], value)
+    # another head width does not fit: the error names the source and the keys
+    other = ASPPLocalizer(2, pretrained=False, output_stride=16, channels=16, rates=(1, 2))
+    with pytest.raises(ValueError, match=r"refiner\.pt does not fit.*head\."):
+        warm_start(build_segmenter(CFG, 3), other.state_dict(), "refiner.pt")
