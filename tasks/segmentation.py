@@ -73,7 +73,7 @@ def warm_start(model, state: dict, source: str) -> None:
     if missing or wrong:
         raise ValueError(f"segmenter.init: {source} does not fit the segmenter (missing {missing[:3]}, "
                          f"other shape {wrong[:3]}): refiner and segmenter need the same backbone, "
-                         f"output_stride, aspp_channels and aspp_rates")
+                         f"head, aspp_channels and number of aspp_rates")
     model.load_state_dict({k: state[k] for k in own})
 
 

@@ -39,7 +39,8 @@ def train_and_score(params: dict, labels_for, name: str, checkpoint: Path) -> di
     start = time.perf_counter()
     plain, with_crf, panels = segmentation.evaluate(model, root, val_rows, len(classes), cfg, device, samples=4)
     metrics = {"train_seconds": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - start, 1),
-               "epochs": cfg["epochs"], "init": cfg["init"], "n_train": len(train_ids), "final_loss": round(history[-1]["loss"], 5)}
+               "epochs": cfg["epochs"], "init": cfg["init"], "n_train": len(train_ids),
+               "final_loss": round(history[-1]["loss"], 5)}
     if plain.sum():
         s, s_crf = summary(plain, classes), summary(with_crf, classes)
         metrics.update({"val_miou": s["miou"], "val_miou_crf": s_crf["miou"],
