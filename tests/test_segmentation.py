@@ -3,12 +3,14 @@ import pytest
 import torch
 from PIL import Image
 
+from models.classifier import ASPPLocalizer
+from models.segmenter import build_segmenter
 from tasks import data
 from tasks.predict import predict_folder
 from tasks.runtime import save_checkpoint
 from tasks.crf import dense_crf
 from tasks.metrics import confusion
-from tasks.segmentation import checkpoint_config, evaluate, predict_probs, train
+from tasks.segmentation import checkpoint_config, evaluate, predict_probs, train, warm_start
 
 CRF = {"iterations": 2, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 20, "bilateral_srgb": 10,
        "bilateral_compat": 5}
@@ -79,10 +81,6 @@ def test_multiscale_inference_keeps_the_image_size_and_averages_scales(voc_fixtu
 
 
 def test_warm_start_copies_the_refiner_and_keeps_a_fresh_background_output():
-    from models.classifier import ASPPLocalizer
-    from models.segmenter import build_segmenter
-    from tasks.segmentation import warm_start
-
     torch.manual_seed(0)
     refiner = ASPPLocalizer(2, pretrained=False, output_stride=16, channels=8, rates=(1, 2))
     seg = build_segmenter(CFG, 3)
