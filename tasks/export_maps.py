@@ -37,15 +37,7 @@ def multiscale_maps(model, image: np.ndarray, tags: list[int], scales: list[floa
     if not tags:
         return np.zeros((0, h, w), np.float32)
     channels = torch.tensor([t - 1 for t in tags], device=device)
-    total = torch.zeros((len(tags), h, w), device=device)
-    for scale in scales:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        x = place(images.to_tensor(np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)))[None], device)
-        batch = torch.cat([x, x.flip(-1)]) if flip else x
-        maps = torch.relu(model(batch)[1])[:, channels]
-        if flip:
-            maps = torch.cat([maps[:1], maps[1:].flip(-1)])
-        total += images.upsample(maps, (h, w)).sum(0)
+    total = images.sum_over_views(lambda batch: torch.relu(model(batch)[1])[:, channels], image, scales, flip, device)
     total = total / total.flatten(1).amax(1).clamp_min(1e-5)[:, None, None]
     return total.cpu().numpy()
 

@@ -94,18 +94,9 @@ def predict_probs(model, image: np.ndarray, device, flip: bool, scales=(1.0,)) -
     """Softmax class probabilities (C x H x W) for one image at its own size: logits averaged over
     the input scales (and horizontal flips), each resized back to the image."""
     model.eval()
-    h, w = image.shape[:2]
-    total = 0
-    for scale in scales:
-        resized = image if scale == 1.0 else images.resize_long(image, round(max(h, w) * scale))
-        x = place(images.to_tensor(resized)[None], device)
-        batch = torch.cat([x, x.flip(-1)]) if flip else x
-        logits = model(batch)
-        if flip:
-            logits = logits[:1] + logits[1:].flip(-1)
-        total = total + images.upsample(logits, (h, w))
+    total = images.sum_over_views(model, image, scales, flip, device)
     mean = total / (len(scales) * (2 if flip else 1))  # a mean, not a sum: the CRF reads these as confidences
-    return torch.softmax(mean[0], 0).cpu().numpy()
+    return torch.softmax(mean, 0).cpu().numpy()
 
 
 def evaluate(model, root, rows: list[dict], n_classes: int, cfg: dict, device, samples: int = 0, workers: int = 0):
