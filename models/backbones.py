@@ -97,6 +97,7 @@ class EfficientNetLite0(nn.Module):
             net.load_state_dict(state)
         self.stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6())
         stride, dilation, blocks = 2, 1, []
+        self.taps = {}  # stride -> (blocks to run, channels): the last block output at each stride
         n = len(net._blocks)
         for i, block in enumerate(net._blocks):
             s = block._block_args.stride
@@ -107,6 +108,7 @@ class EfficientNetLite0(nn.Module):
                 s, dilation = 1, dilation * 2
             stride *= s
             blocks.append(_LiteBlock(block, drs if placement.in_block(i, n) else _no_drs, d, s))
+            self.taps[stride] = (i + 1, block._project_conv.out_channels)
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(net._conv_head, net._bn1, nn.ReLU6())
         self.head_drs = drs(self.out_channels) if placement.head else nn.Identity()
@@ -114,6 +116,11 @@ class EfficientNetLite0(nn.Module):
 
     def frozen_prefix(self, n_blocks: int) -> list[nn.Module]:
         return [self.stem, *list(self.blocks)[:n_blocks]] if n_blocks else []
+
+    def forward_levels(self, x: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n, _ = low_level(self, stride)
+        low = self.blocks[:n](self.stem(x))
+        return low, self.head_drs(self.head(self.blocks[n:](low)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head_drs(self.head(self.blocks(self.stem(x))))
@@ -187,9 +194,11 @@ class _ResNet(nn.Module):
             net.load_state_dict(_torch_hub_weights(weights))
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
         blocks = [b for layer in (net.layer1, net.layer2, net.layer3, net.layer4) for b in layer]
-        out = []
+        out, stride, self.taps = [], 4, {}  # taps: stride -> (modules to run, channels), the last one wins
         for i, block in enumerate(blocks):
             out.append(block)
+            stride *= block.conv2.stride[0]
+            self.taps[stride] = (len(out), block.conv3.out_channels)
             last = i == len(blocks) - 1
             if placement.in_block(i, len(blocks)) or (last and placement.head):
                 out.append(drs(block.conv3.out_channels))
@@ -199,6 +208,11 @@ class _ResNet(nn.Module):
     def frozen_prefix(self, n_blocks: int) -> list[nn.Module]:
         bottlenecks = [m for m in self.blocks if not isinstance(m, _DRS_TYPES)]
         return [self.stem, *bottlenecks[:n_blocks]] if n_blocks else []
+
+    def forward_levels(self, x: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n, _ = low_level(self, stride)
+        low = self.blocks[:n](self.stem(x))
+        return low, self.blocks[n:](low)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.stem(x))
@@ -223,6 +237,20 @@ def freeze_prefix(backbone: nn.Module, n_blocks: int) -> int:
             p.requires_grad_(False)
             frozen += p.numel()
     return frozen
+
+
+def low_level(backbone: nn.Module, stride: int) -> tuple[int, int]:
+    """(blocks to run, channels) of the backbone's last block output at `stride`: the features a
+    decoder head (DeepLabV3+) refines boundaries with. Backbones that offer them have `taps` and
+    `forward_levels(x, stride) -> (low-level features, output)`, one pass tapped on the way."""
+    taps = getattr(backbone, "taps", None)
+    if taps is None:
+        raise ValueError(f"segmenter.head: {type(backbone).__name__} offers no low-level features; "
+                         f"use efficientnet_lite0 or a resnet, or head aspp")
+    if stride not in taps:
+        raise ValueError(f"segmenter.low_level_stride: {type(backbone).__name__} has block outputs at "
+                         f"strides {sorted(taps)}, not {stride}")
+    return taps[stride]
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:

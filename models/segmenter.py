@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.backbones import build_backbone
+from models.backbones import build_backbone, low_level
 from models.registry import HEADS
 
 
@@ -27,9 +27,33 @@ class ASPPHead(nn.Module):
                                      _conv_bn_relu(channels, channels, 3))
         self.classifier = nn.Conv2d(channels, n_classes, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def context(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.pool(x).expand(-1, -1, *x.shape[-2:])
-        return self.classifier(self.project(torch.cat([b(x) for b in self.branches] + [pooled], 1)))
+        return self.project(torch.cat([b(x) for b in self.branches] + [pooled], 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.context(x))
+
+
+@HEADS.register("aspp_plus")
+class ASPPPlusHead(ASPPHead):
+    """DeepLabV3+: the ASPP context, upsampled to the low-level features' resolution and fused with
+    them, so class boundaries follow image edges that stride 16 blurs (the dense CRF's job otherwise)."""
+
+    low_level = True  # forward takes (high, low): the Segmenter taps the backbone for it
+    decoder = ("reduce", "fuse", "classifier")  # what an ASPP-only warm start cannot fill (the classifier
+                                                # reads the fused features here, not the ASPP output)
+
+    def __init__(self, in_channels: int, n_classes: int, channels: int = 128, rates=(6, 12, 18),
+                 low_channels: int = 40, low_reduced: int = 48):
+        super().__init__(in_channels, n_classes, channels, rates)
+        self.reduce = _conv_bn_relu(low_channels, low_reduced)  # keeps the low level from outvoting the context
+        self.fuse = nn.Sequential(_conv_bn_relu(channels + low_reduced, channels, 3),
+                                  _conv_bn_relu(channels, channels, 3))
+
+    def forward(self, x: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        context = F.interpolate(self.context(x), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier(self.fuse(torch.cat([context, self.reduce(low)], 1)))
 
 
 @HEADS.register("deeplabv3")
@@ -42,11 +66,17 @@ def torchvision_deeplabv3_head(in_channels: int, n_classes: int, channels: int =
 
 class Segmenter(nn.Module):
     def __init__(self, n_classes: int, backbone: str = "efficientnet_lite0", head: str = "aspp",
-                 pretrained: bool = True, output_stride: int = 16, aspp_channels: int = 128, aspp_rates=(6, 12, 18)):
+                 pretrained: bool = True, output_stride: int = 16, aspp_channels: int = 128, aspp_rates=(6, 12, 18),
+                 low_level_stride: int = 8):
         super().__init__()
         self.backbone = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride)
-        self.head = HEADS.get(head, key="segmenter.head")(self.backbone.out_channels, n_classes,
-                                                            channels=aspp_channels, rates=tuple(aspp_rates))
+        head_class = HEADS.get(head, key="segmenter.head")
+        extra = {}
+        self.low_level_stride = low_level_stride if getattr(head_class, "low_level", False) else None
+        if self.low_level_stride:
+            extra["low_channels"] = low_level(self.backbone, low_level_stride)[1]
+        self.head = head_class(self.backbone.out_channels, n_classes, channels=aspp_channels,
+                               rates=tuple(aspp_rates), **extra)
         self.register_buffer("mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
 
@@ -56,11 +86,15 @@ class Segmenter(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Per-pixel class logits at the input's size, for images in 0..255."""
         x = (images / 255.0 - self.mean) / self.std
-        return F.interpolate(self.head(self.backbone(x)), size=images.shape[-2:], mode="bilinear",
-                             align_corners=False)
+        if self.low_level_stride:
+            low, high = self.backbone.forward_levels(x, self.low_level_stride)
+            logits = self.head(high, low)
+        else:
+            logits = self.head(self.backbone(x))
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def build_segmenter(cfg: dict, n_classes: int) -> Segmenter:
     return Segmenter(n_classes, backbone=cfg["backbone"], head=cfg["head"], pretrained=cfg["pretrained"],
                      output_stride=cfg["output_stride"], aspp_channels=cfg["aspp_channels"],
-                     aspp_rates=cfg["aspp_rates"])
+                     aspp_rates=cfg["aspp_rates"], low_level_stride=cfg.get("low_level_stride", 8))

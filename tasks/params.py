@@ -108,6 +108,7 @@ SEGMENTER = {
     "output_stride": F(int, choices=(8, 16, 32)),
     "aspp_channels": POS_INT,
     "aspp_rates": F(list, item=F(int, min=1, max=64)),
+    "low_level_stride": F(int, choices=(4, 8)),                 # head aspp_plus: the backbone features it fuses
     "val_flip": F(bool),
     "val_scales": F(list, item=F(float, min=0.1, max=4.0)),   # inference scales, logits averaged
     "loss": F(str),                                             # models/losses.py: cross_entropy | small_loss_ce

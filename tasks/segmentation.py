@@ -60,14 +60,19 @@ def warm_start(model, state: dict, source: str) -> None:
     """Copy a localizer's weights (the refiner: same backbone and ASPP head) into a segmenter.
 
     The localizer has one output per foreground class; they become outputs 1.. and the background
-    output keeps its fresh initialisation. A key with another shape means the two configs differ.
+    output keeps its fresh initialisation. A decoder head (aspp_plus) keeps its decoder fresh. A key
+    with another shape means the two configs differ.
     """
     own = model.state_dict()
+    fresh = tuple(f"head.{name}." for name in getattr(model.head, "decoder", ()))
     for key in ("head.classifier.weight", "head.classifier.bias"):
-        if key in state and key in own and state[key].shape == (own[key].shape[0] - 1, *own[key].shape[1:]):
+        if (key in state and key in own and not key.startswith(fresh)
+                and state[key].shape == (own[key].shape[0] - 1, *own[key].shape[1:])):
             fg = own[key].clone()
             fg[1:] = state[key]
             state = {**state, key: fg}
+    state = {**{k: v for k, v in state.items() if not k.startswith(fresh)},
+             **{k: v for k, v in own.items() if k.startswith(fresh)}}
     missing = sorted(k for k in own if k not in state)
     wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
     if missing or wrong:

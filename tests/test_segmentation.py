@@ -95,3 +95,41 @@ def test_warm_start_copies_the_refiner_and_keeps_a_fresh_background_output():
     other = ASPPLocalizer(2, pretrained=False, output_stride=16, channels=16, rates=(1, 2))
     with pytest.raises(ValueError, match=r"refiner\.pt does not fit.*head\."):
         warm_start(build_segmenter(CFG, 3), other.state_dict(), "refiner.pt")
+
+
+@pytest.mark.parametrize("backbone, stride, channels", [("efficientnet_lite0", 8, 40), ("efficientnet_lite0", 4, 24),
+                                                          ("resnet50", 4, 256)])
+def test_decoder_head_taps_low_level_features_and_keeps_the_image_size(backbone, stride, channels):
+    torch.manual_seed(0)
+    seg = build_segmenter({**CFG, "backbone": backbone, "head": "aspp_plus", "low_level_stride": stride}, 3)
+    assert seg.head.reduce[0].in_channels == channels
+    seen = {}
+    seg.head.reduce.register_forward_hook(lambda m, i, o: seen.update(low=i[0].shape))  # returns None
+    x = torch.rand(2, 3, 64, 48) * 255
+    out = seg(x)
+    assert out.shape == (2, 3, 64, 48) and seen["low"][-2:] == (64 // stride, 48 // stride)
+    # the low-level path is trained: boundaries come from it
+    out.sum().backward()
+    assert seg.head.reduce[0].weight.grad.abs().sum() > 0
+
+
+def test_decoder_head_names_a_stride_the_backbone_lacks():
+    with pytest.raises(ValueError, match=r"segmenter.low_level_stride.*strides \[2, 4, 8, 16\].*not 32"):
+        build_segmenter({**CFG, "head": "aspp_plus", "low_level_stride": 32}, 3)
+    with pytest.raises(ValueError, match=r"segmenter.head: VGG16 offers no low-level features"):
+        build_segmenter({**CFG, "backbone": "vgg16", "output_stride": 8, "head": "aspp_plus"}, 3)
+
+
+def test_warm_start_into_a_decoder_head_copies_the_aspp_and_keeps_the_decoder_fresh():
+    torch.manual_seed(0)
+    refiner = ASPPLocalizer(2, pretrained=False, output_stride=16, channels=8, rates=(1, 2))
+    seg = build_segmenter({**CFG, "head": "aspp_plus", "low_level_stride": 8}, 3)
+    before = {k: v.clone() for k, v in seg.state_dict().items()}
+    warm_start(seg, refiner.state_dict(), "refiner.pt")
+    after = seg.state_dict()
+    for key, value in refiner.state_dict().items():
+        if not key.startswith("head.classifier"):
+            torch.testing.assert_close(after[key], value)
+    for key in after:
+        if key.startswith(("head.reduce.", "head.fuse.", "head.classifier.")):
+            torch.testing.assert_close(after[key], before[key])
