@@ -97,4 +97,5 @@ class Segmenter(nn.Module):
 def build_segmenter(cfg: dict, n_classes: int) -> Segmenter:
     return Segmenter(n_classes, backbone=cfg["backbone"], head=cfg["head"], pretrained=cfg["pretrained"],
                      output_stride=cfg["output_stride"], aspp_channels=cfg["aspp_channels"],
-                     aspp_rates=cfg["aspp_rates"], low_level_stride=cfg.get("low_level_stride", 8))
+                     aspp_rates=cfg["aspp_rates"],
+                     low_level_stride=cfg.get("low_level_stride", 8))  # absent from checkpoints saved before it

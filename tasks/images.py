@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from tasks.runtime import place
+
 
 def resize_long(image: np.ndarray, long_side: int, resample=Image.BILINEAR) -> np.ndarray:
     h, w = image.shape[:2]
@@ -59,8 +61,6 @@ def sum_over_views(forward, image: np.ndarray, scales, flip: bool, device: torch
     """forward(batch) -> B x C x h x w run on the image at each scale (and its mirror when flip),
     each output resized back to the image and summed: C x H x W. Map export and segmenter inference
     share it, so both look at an image the same way."""
-    from tasks.runtime import place
-
     h, w = image.shape[:2]
     total = 0
     for scale in scales:

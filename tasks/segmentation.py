@@ -66,8 +66,7 @@ def warm_start(model, state: dict, source: str) -> None:
     own = model.state_dict()
     fresh = tuple(f"head.{name}." for name in getattr(model.head, "decoder", ()))
     for key in ("head.classifier.weight", "head.classifier.bias"):
-        if (key in state and key in own and not key.startswith(fresh)
-                and state[key].shape == (own[key].shape[0] - 1, *own[key].shape[1:])):
+        if key in state and key in own and state[key].shape == (own[key].shape[0] - 1, *own[key].shape[1:]):
             fg = own[key].clone()
             fg[1:] = state[key]
             state = {**state, key: fg}
