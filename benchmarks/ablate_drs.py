@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from common import RESULTS, host, params_for, run_stages
+from common import RESULTS, host, params_for, run_stages, write_lines
 
 # Every row inherits the classifier recipe of params.yaml (AdamW 1e-4, new layers x10, 15 epochs,
 # stem + 2 blocks frozen) and changes only what its name says. Rows measured under older recipes
@@ -68,7 +68,7 @@ def write_table(rows: list[dict]) -> None:
     for r in rows:
         lines.append(f"| {r['name']} | {r['seed']} | {r['maps_miou']} | {r['best_threshold']} | {r['val_map']} | "
                      f"{r['drs_delta_mean'] if r['drs_delta_mean'] is not None else '-'} | {r['train_s']} | {r['export_s']} |")
-    (RESULTS / "drs_ablation.md").write_text("\n".join(lines) + "\n")
+    write_lines("drs_ablation.md", lines)
 
 
 def main() -> None:

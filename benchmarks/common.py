@@ -37,6 +37,14 @@ def run_stages(stages: list[str], params: dict, workdir: Path) -> dict:
     return out
 
 
+def write_lines(name: str, lines: list[str]) -> Path:
+    """benchmarks/results/<name>: the table a benchmark printed, one line each."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def host() -> dict:
     return {"host": platform.node(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
             "threads": os.environ.get("OMP_NUM_THREADS", "default")}

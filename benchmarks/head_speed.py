@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from common import RESULTS, host
+from common import host, write_lines
 
 from models.backbones import freeze_prefix
 from models.segmenter import Segmenter
@@ -66,8 +66,7 @@ def main() -> None:
     for (name, *_), s in zip(CASES, medians):
         lines.append(f"| {name} | {s:.3f} | {s / medians[0]:.2f}x |")
         print(lines[-1], flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "head_speed.md").write_text("\n".join(lines) + "\n")
+    write_lines("head_speed.md", lines)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import RESULTS
+from common import RESULTS, write_lines
 
 from tasks import data, mapstore
 from tasks.evaluate import maps_to_labels
@@ -70,8 +70,7 @@ def main() -> None:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
+    write_lines(f"{args.out}.md", lines)
     (RESULTS / f"{args.out}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     print("\n".join(lines))
 

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, host, params_for, run_stages
+from common import RESULTS, host, params_for, run_stages, write_lines
 
 STAGES = ["manifest", "train_classifier", "export_maps", "train_refiner", "export_refined", "pseudo_labels",
           "train_segmenter", "train_reference", "summarize"]
@@ -47,7 +47,7 @@ def main() -> None:
         extra = f" (CRF: {r['result'].get('val_miou_crf')})" if stage in ("train_segmenter", "train_reference") else ""
         lines.append(f"| {stage} | {'-' if score is None else f'{key} {score}'}{extra} | {r['seconds']} |")
     lines.append(f"| **total** | | {total} |")
-    (RESULTS / f"pipeline_{args.name}.md").write_text("\n".join(lines) + "\n")
+    write_lines(f"pipeline_{args.name}.md", lines)
     print("\n".join(lines))
 
 

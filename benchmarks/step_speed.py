@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from common import RESULTS, host
+from common import host, write_lines
 
 from models.backbones import freeze_prefix
 from models.classifier import build_localizer
@@ -68,8 +68,7 @@ def main() -> None:
         base = base or s
         lines.append(f"| {name} | {s:.3f} | {base / s:.2f}x |")
         print(lines[-1], flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "step_speed.md").write_text("\n".join(lines) + "\n")
+    write_lines("step_speed.md", lines)
 
 
 if __name__ == "__main__":
