@@ -83,15 +83,17 @@ class Segmenter(nn.Module):
     def new_modules(self) -> list[nn.Module]:
         return [self.head]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-pixel class logits at the input's size, for images in 0..255."""
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits at the head's own stride, for images in 0..255."""
         x = (images / 255.0 - self.mean) / self.std
         if self.low_level_stride:
             low, high = self.backbone.forward_levels(x, self.low_level_stride)
-            logits = self.head(high, low)
-        else:
-            logits = self.head(self.backbone(x))
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            return self.head(high, low)
+        return self.head(self.backbone(x))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-pixel class logits at the input's size, for images in 0..255."""
+        return F.interpolate(self.logits(images), size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
 def build_segmenter(cfg: dict, n_classes: int) -> Segmenter:

@@ -20,7 +20,7 @@ from tasks.evaluate import ThresholdSweep, thresholds
 from tasks.io import atomic_path, write_json, write_text
 from tasks.mapstore import write as write_maps
 from tasks.metrics import per_class_csv
-from tasks.runtime import load_checkpoint, place, resolve_device
+from tasks.runtime import autocast, load_checkpoint, place, resolve_device
 
 
 @torch.no_grad()
@@ -77,7 +77,8 @@ def export(model, classes: list[str], params: dict, device, store: Path, name: s
             tmp_reports.mkdir()
             for i, row in enumerate(tqdm(rows, desc=f"export {name}", unit="img", dynamic_ncols=True)):
                 image = data.load_image(root, row["id"])
-                maps = multiscale_maps(model, image, row["tags"], cfg["scales"], cfg["flip"], device)
+                with autocast(device, cfg["precision"]):
+                    maps = multiscale_maps(model, image, row["tags"], cfg["scales"], cfg["flip"], device)
                 mask = data.load_mask(root, row["id"], len(classes)) if row["has_mask"] else None
                 if mask is not None:
                     sweep.add(maps, row["tags"], mask)

@@ -66,7 +66,7 @@ def sum_over_views(forward, image: np.ndarray, scales, flip: bool, device: torch
     for scale in scales:
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         x = place(to_tensor(np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)))[None], device)
-        out = forward(torch.cat([x, x.flip(-1)]) if flip else x)
+        out = forward(torch.cat([x, x.flip(-1)]) if flip else x).float()  # sums stay float32 under bf16
         if flip:
             out = out[:1] + out[1:].flip(-1)
         total = total + upsample(out, (h, w))[0]

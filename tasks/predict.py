@@ -38,7 +38,8 @@ def predict_folder(in_dir: Path, out_dir: Path, checkpoint: Path, device: str = 
                     image = np.array(img.convert("RGB"), dtype=np.uint8)
             except (UnidentifiedImageError, OSError) as exc:
                 raise ValueError(f"{path}: not a readable image ({exc})") from None
-            probs = predict_probs(model, image, dev, cfg["val_flip"], cfg.get("val_scales", [1.0]))
+            probs = predict_probs(model, image, dev, cfg["val_flip"], cfg.get("val_scales", [1.0]),
+                                  cfg.get("precision", "fp32"))  # checkpoints from before the key: float32
             labels = (crf_argmax(image, probs, crf_cfg or cfg["crf"]) if use_crf
                       else probs.argmax(0).astype(np.uint8))
             labelstore.palette_png(labels).save(tmp / "labels" / f"{path.stem}.png")

@@ -21,7 +21,7 @@ from models.segmenter import build_segmenter
 from tasks import data, images, trainer
 from tasks.crf import crf_labels
 from tasks.metrics import IGNORE, confusion
-from tasks.runtime import load_checkpoint, place, training_loader
+from tasks.runtime import autocast, load_checkpoint, place, training_loader
 
 
 class LabelledCrops(Dataset):
@@ -45,14 +45,25 @@ class LabelledCrops(Dataset):
         return images.to_tensor(image), torch.from_numpy(labels.astype(np.int64))
 
 
+def loss_grid(logits: torch.Tensor, labels: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and labels on the grid the loss is taken on: every `stride`-th pixel of the labels
+    (the centre of each stride x stride cell; nearest, so 255 stays 255) and the logits resized to
+    it. At stride 1 the full-size loss; at 4 it costs 0.005 s instead of 0.10-0.13 s a step."""
+    labels = labels[:, stride // 2::stride, stride // 2::stride]
+    # contiguous first: softmax over channels of a channels-last 21 x 256 x 256 batch is 25% slower
+    return images.upsample(logits.float().contiguous(), tuple(labels.shape[-2:])), labels
+
+
 def segmentation_loss(cfg: dict) -> Callable:
-    """batch_loss(model, batch) for the trainer: cfg["loss"] from the LOSSES registry, 255 ignored."""
+    """batch_loss(model, batch) for the trainer: cfg["loss"] from the LOSSES registry, 255 ignored,
+    taken every cfg["loss_stride"] pixels."""
     loss = LOSSES.get(cfg.get("loss", "cross_entropy"), "segmenter.loss")
-    drop = cfg.get("loss_drop", 0.0)
+    drop, stride = cfg.get("loss_drop", 0.0), cfg["loss_stride"]
 
     def batch_loss(model, batch):
         x, labels = batch
-        return loss(model(x), labels, drop=drop, ignore_index=IGNORE)
+        logits, labels = loss_grid(model.logits(x), labels, stride)
+        return loss(logits, labels.contiguous(), drop=drop, ignore_index=IGNORE)
     return batch_loss
 
 
@@ -94,11 +105,12 @@ def train(cfg: dict, root, ids: list[str], labels: Callable, n_classes: int, dev
 
 
 @torch.no_grad()
-def predict_probs(model, image: np.ndarray, device, flip: bool, scales=(1.0,)) -> np.ndarray:
+def predict_probs(model, image: np.ndarray, device, flip: bool, scales=(1.0,), precision: str = "fp32") -> np.ndarray:
     """Softmax class probabilities (C x H x W) for one image at its own size: logits averaged over
     the input scales (and horizontal flips), each resized back to the image."""
     model.eval()
-    total = images.sum_over_views(model, image, scales, flip, device)
+    with autocast(device, precision):
+        total = images.sum_over_views(model, image, scales, flip, device)
     mean = total / (len(scales) * (2 if flip else 1))  # a mean, not a sum: the CRF reads these as confidences
     return torch.softmax(mean, 0).cpu().numpy()
 
@@ -129,7 +141,7 @@ def evaluate(model, root, rows: list[dict], n_classes: int, cfg: dict, device, s
         for row in tqdm([r for r in rows if r["has_mask"]], desc="evaluate val", unit="img", dynamic_ncols=True):
             image = data.load_image(root, row["id"])
             mask = data.load_mask(root, row["id"], n_classes)
-            probs = predict_probs(model, image, device, cfg["val_flip"], cfg["val_scales"])
+            probs = predict_probs(model, image, device, cfg["val_flip"], cfg["val_scales"], cfg["precision"])
             job = pool.apply_async(crf_labels, ((image, probs, cfg["crf"]),))
             pending.append((row["id"], image, mask, probs.argmax(0).astype(np.uint8), job))
             if len(pending) > 2 * n_workers:

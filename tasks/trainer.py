@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from models.backbones import freeze_prefix
 from tasks import tracking
-from tasks.runtime import place, scheduled_lr
+from tasks.runtime import autocast, place, scheduled_lr
 
 
 def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
@@ -55,7 +55,8 @@ def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
         for batch in loader:
             for group in opt.param_groups:
                 group["lr"] = scheduled_lr(group["base_lr"], cfg, step, total, epoch)
-            loss = batch_loss(model, [place(t, device) for t in batch])
+            with autocast(device, cfg["precision"]):
+                loss = batch_loss(model, [place(t, device) for t in batch])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -28,6 +28,8 @@ def test_shipped_params_are_valid(raw):
     (lambda p: p["maps"].update(scales=[1.0, -1.0]), "maps.scales[1]: -1.0 is below the minimum"),
     (lambda p: p["maps"].update(threshold_start=0.99), "maps.threshold_start: must be below"),
     (lambda p: p["data"].pop("root"), "data.root: missing"),
+    (lambda p: p["segmenter"].update(precision="fp16"), "segmenter.precision: 'fp16' is not one of"),
+    (lambda p: p["segmenter"].update(loss_stride=3), "segmenter.loss_stride: 3 is not one of"),
     (lambda p: p.update(profile="nope"), "profile: no profile 'nope'"),
 ])
 def test_bad_values_name_the_key(raw, mutate, key):

@@ -10,7 +10,8 @@ from tasks.predict import predict_folder
 from tasks.runtime import save_checkpoint
 from tasks.crf import dense_crf
 from tasks.metrics import confusion
-from tasks.segmentation import checkpoint_config, evaluate, predict_probs, train, warm_start
+from tasks.segmentation import (checkpoint_config, evaluate, loss_grid, predict_probs, segmentation_loss, train,
+                                warm_start)
 
 CRF = {"iterations": 2, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 20, "bilateral_srgb": 10,
        "bilateral_compat": 5}
@@ -18,7 +19,7 @@ CFG = {"backbone": "efficientnet_lite0", "head": "aspp", "pretrained": False, "o
        "aspp_channels": 8, "aspp_rates": [1, 2], "val_flip": True, "val_scales": [1.0], "freeze_bn": True, "freeze_blocks": 3, "epochs": 2,
        "batch_size": 2, "crop_size": 32, "resize_long": [40, 56], "optimizer": "sgd", "lr_schedule": "poly",
        "lr_step_epochs": [1], "lr": 0.01, "new_layer_lr_mult": 10.0, "weight_decay": 0.0, "momentum": 0.9,
-       "seed": 0, "device": "cpu", "num_workers": 0, "crf": CRF}
+       "seed": 0, "device": "cpu", "precision": "fp32", "loss_stride": 1, "num_workers": 0, "crf": CRF}
 
 
 @pytest.fixture
@@ -78,6 +79,39 @@ def test_multiscale_inference_keeps_the_image_size_and_averages_scales(voc_fixtu
     assert one.shape == multi.shape == (3, *image.shape[:2])
     np.testing.assert_allclose(multi.sum(0), 1.0, rtol=1e-5)
     assert not np.allclose(one, multi)  # the other scales contribute
+
+
+def test_bf16_inference_returns_float32_probabilities_close_to_float32(voc_fixture, trained):
+    model, _, _ = trained
+    image = data.load_image(voc_fixture, data.read_split(voc_fixture, "val")[0])
+    full = predict_probs(model, image, torch.device("cpu"), True, [0.75, 1.0], "fp32")
+    half = predict_probs(model, image, torch.device("cpu"), True, [0.75, 1.0], "bf16")
+    assert half.dtype == np.float32
+    np.testing.assert_allclose(half.sum(0), 1.0, rtol=1e-5)
+    assert not np.array_equal(full, half)  # the convolutions did run in bfloat16
+    assert np.abs(full - half).max() < 0.05
+
+
+def test_loss_grid_takes_the_centre_label_of_each_cell_and_keeps_ignore():
+    labels = torch.arange(64).view(1, 8, 8) % 21
+    labels[0, 2, 2] = 255
+    logits, grid = loss_grid(torch.randn(1, 21, 2, 2).to(memory_format=torch.channels_last), labels, 4)
+    assert grid.tolist() == [[[255, labels[0, 2, 6].item()], [labels[0, 6, 2].item(), labels[0, 6, 6].item()]]]
+    assert logits.shape == (1, 21, 2, 2) and logits.is_contiguous()
+    full_logits, full = loss_grid(torch.randn(1, 21, 2, 2), labels, 1)
+    assert torch.equal(full, labels) and full_logits.shape == (1, 21, 8, 8)
+
+
+def test_segmentation_loss_at_stride_1_is_the_full_size_loss_and_stride_4_differs():
+    torch.manual_seed(0)
+    model = build_segmenter({**CFG, "head": "aspp_plus"}, 3).eval()
+    x, labels = torch.rand(2, 3, 64, 64) * 255, torch.randint(0, 3, (2, 64, 64))
+    labels[:, :8] = 255
+    full = torch.nn.functional.cross_entropy(model(x), labels, ignore_index=255)
+    at_1 = segmentation_loss({**CFG, "loss": "cross_entropy", "loss_stride": 1})(model, [x, labels])
+    at_4 = segmentation_loss({**CFG, "loss": "cross_entropy", "loss_stride": 4})(model, [x, labels])
+    assert torch.allclose(at_1, full, atol=1e-6)
+    assert not torch.allclose(at_4, full, atol=1e-4)
 
 
 def test_warm_start_copies_the_refiner_and_keeps_a_fresh_background_output():
