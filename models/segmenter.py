@@ -40,7 +40,7 @@ class ASPPPlusHead(ASPPHead):
     """DeepLabV3+: the ASPP context, upsampled to the low-level features' resolution and fused with
     them, so class boundaries follow image edges that stride 16 blurs (the dense CRF's job otherwise)."""
 
-    low_level = True  # forward takes (high, low): the Segmenter taps the backbone for it
+    needs_low_level = True  # forward takes (high, low): the Segmenter taps the backbone for it
     decoder = ("reduce", "fuse", "classifier")  # what an ASPP-only warm start cannot fill (the classifier
                                                 # reads the fused features here, not the ASPP output)
 
@@ -72,7 +72,7 @@ class Segmenter(nn.Module):
         self.backbone = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride)
         head_class = HEADS.get(head, key="segmenter.head")
         extra = {}
-        self.low_level_stride = low_level_stride if getattr(head_class, "low_level", False) else None
+        self.low_level_stride = low_level_stride if getattr(head_class, "needs_low_level", False) else None
         if self.low_level_stride:
             extra["low_channels"] = low_level(self.backbone, low_level_stride)[1]
         self.head = head_class(self.backbone.out_channels, n_classes, channels=aspp_channels,

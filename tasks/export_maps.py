@@ -20,7 +20,7 @@ from tasks.evaluate import ThresholdSweep, thresholds
 from tasks.io import atomic_path, write_json, write_text
 from tasks.mapstore import write as write_maps
 from tasks.metrics import per_class_csv
-from tasks.runtime import autocast, load_checkpoint, place, resolve_device
+from tasks.runtime import autocast, load_checkpoint, place, resolve_device, resolve_precision
 
 
 @torch.no_grad()
@@ -89,7 +89,7 @@ def export(model, classes: list[str], params: dict, device, store: Path, name: s
 
     n = write_maps(records(), store, cfg["shard_size"])
     metrics = {"n_images": n, "n_evaluated": evaluated, "seconds": round(time.perf_counter() - start, 1),
-               "scales": cfg["scales"], "flip": cfg["flip"]}
+               "scales": cfg["scales"], "flip": cfg["flip"], "precision": resolve_precision(device, cfg["precision"])}
     sweep_csv, per_class = "threshold,miou\n", {}
     if evaluated:  # without masks there is nothing to score; the plots stay empty
         result = sweep.result(classes)

@@ -82,7 +82,7 @@ TRAINING = {
     "momentum": F(float, min=0.0, max=1.0),
     "seed": F(int, min=0),
     "device": F(str, pattern=r"auto|cpu|cuda(:[0-9]+)?"),
-    "precision": F(str, choices=("fp32", "bf16")),   # bf16: autocast (tasks/runtime.py)
+    "precision": F(str, choices=("auto", "fp32", "bf16")),   # bf16: autocast; auto: bf16 where native (tasks/runtime.py)
     "num_workers": F(int, min=0, max=64),
 }
 # A CAM-style network: backbone, output stride, the paper's extra convs.
@@ -150,7 +150,7 @@ SCHEMA: dict = {
         "threshold_step": F(float, min=0.001, max=0.5),
         "n_overlays": F(int, min=0, max=1000),
         "shard_size": F(int, min=1, max=100000),
-        "precision": F(str, choices=("fp32", "bf16")),   # of the raw and the refined map export
+        "precision": F(str, choices=("auto", "fp32", "bf16")),   # of the raw and the refined map export
     },
     "refiner": {
         **LOCALIZER,

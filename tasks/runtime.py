@@ -27,11 +27,28 @@ def place(x, device: torch.device):
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the device has bfloat16 arithmetic units; without them (most laptop CPUs) bf16 is
+    emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # torch exposes the CPU's features only privately; a torch without these reads as "no"
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """`auto`: bf16 where the device computes it natively, else fp32."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 def autocast(device: torch.device, precision: str):
     """The context a stage runs its network in: `bf16` runs convolutions in bfloat16 (losses,
-    softmax and upsampling stay float32), which the CPUs with AMX run 1.1-1.5x faster
-    (benchmarks/precision_speed.py); `fp32` changes nothing."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    softmax and upsampling stay float32), which CPUs with AMX run 1.2-1.5x faster
+    (benchmarks/precision_speed.py); `fp32` changes nothing; `auto` picks (resolve_precision)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(device, precision) == "bf16")
 
 
 def seed_everything(seed: int) -> None:

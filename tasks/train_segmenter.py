@@ -12,7 +12,7 @@ from PIL import Image
 from tasks import data, labelstore, paths, segmentation, tracking, trainer
 from tasks.io import atomic_path, write_json, write_text
 from tasks.metrics import per_class_csv, summary
-from tasks.runtime import load_checkpoint, resolve_device, save_checkpoint, seed_everything
+from tasks.runtime import load_checkpoint, resolve_device, resolve_precision, save_checkpoint, seed_everything
 
 
 def train_and_score(params: dict, labels_for, name: str, checkpoint: Path) -> dict:
@@ -40,6 +40,7 @@ def train_and_score(params: dict, labels_for, name: str, checkpoint: Path) -> di
     plain, with_crf, panels = segmentation.evaluate(model, root, val_rows, len(classes), cfg, device, samples=4)
     metrics = {"train_seconds": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - start, 1),
                "epochs": cfg["epochs"], "init": cfg["init"], "n_train": len(train_ids),
+               "precision": resolve_precision(device, cfg["precision"]),
                "final_loss": round(history[-1]["loss"], 5)}
     if plain.sum():
         s, s_crf = summary(plain, classes), summary(with_crf, classes)

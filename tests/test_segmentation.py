@@ -7,7 +7,7 @@ from models.classifier import ASPPLocalizer
 from models.segmenter import build_segmenter
 from tasks import data
 from tasks.predict import predict_folder
-from tasks.runtime import save_checkpoint
+from tasks.runtime import resolve_precision, save_checkpoint
 from tasks.crf import dense_crf
 from tasks.metrics import confusion
 from tasks.segmentation import (checkpoint_config, evaluate, loss_grid, predict_probs, segmentation_loss, train,
@@ -90,6 +90,17 @@ def test_bf16_inference_returns_float32_probabilities_close_to_float32(voc_fixtu
     np.testing.assert_allclose(half.sum(0), 1.0, rtol=1e-5)
     assert not np.array_equal(full, half)  # the convolutions did run in bfloat16
     assert np.abs(full - half).max() < 0.05
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch):
+    cpu = torch.device("cpu")
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert resolve_precision(cpu, "auto") == "fp32"
+    assert resolve_precision(cpu, "bf16") == "bf16"  # asked for: emulated, slower, but honoured
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert resolve_precision(cpu, "auto") == "bf16"
+    assert resolve_precision(cpu, "fp32") == "fp32"
 
 
 def test_loss_grid_takes_the_centre_label_of_each_cell_and_keeps_ignore():
