@@ -23,7 +23,8 @@ SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 def predict_folder(in_dir: Path, out_dir: Path, checkpoint: Path, device: str = "auto", use_crf: bool = False,
-                   crf_cfg: dict | None = None) -> int:
+                   crf_cfg: dict | None = None, precision: str = "auto") -> int:
+    """Like `device`, `precision` belongs to the machine that predicts, not to the checkpoint."""
     files = sorted(p for p in Path(in_dir).iterdir() if p.suffix.lower() in SUFFIXES)
     if not files:
         raise FileNotFoundError(f"{in_dir}: no images ({', '.join(sorted(SUFFIXES))})")
@@ -38,8 +39,7 @@ def predict_folder(in_dir: Path, out_dir: Path, checkpoint: Path, device: str = 
                     image = np.array(img.convert("RGB"), dtype=np.uint8)
             except (UnidentifiedImageError, OSError) as exc:
                 raise ValueError(f"{path}: not a readable image ({exc})") from None
-            probs = predict_probs(model, image, dev, cfg["val_flip"], cfg.get("val_scales", [1.0]),
-                                  cfg.get("precision", "fp32"))  # checkpoints from before the key: float32
+            probs = predict_probs(model, image, dev, cfg["val_flip"], cfg.get("val_scales", [1.0]), precision)
             labels = (crf_argmax(image, probs, crf_cfg or cfg["crf"]) if use_crf
                       else probs.argmax(0).astype(np.uint8))
             labelstore.palette_png(labels).save(tmp / "labels" / f"{path.stem}.png")
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     params = load(args.params)
     n = predict_folder(args.in_dir, args.out_dir, args.checkpoint, params["segmenter"]["device"], args.crf,
-                       params["segmenter"]["crf"])
+                       params["segmenter"]["crf"], params["segmenter"]["precision"])
     print(f"{n} images -> {args.out_dir}/labels (palette PNGs) and {args.out_dir}/overlays")
     return 0
 
