@@ -84,6 +84,7 @@ TRAINING = {
     "device": F(str, pattern=r"auto|cpu|cuda(:[0-9]+)?"),
     "precision": F(str, choices=("auto", "fp32", "bf16")),   # bf16: autocast; auto: bf16 where native (tasks/runtime.py)
     "num_workers": F(int, min=0, max=64),
+    "ema_decay": F(float, min=0.0, max=0.9999),   # > 0: end with the moving average of the weights (trainer.py)
 }
 # A CAM-style network: backbone, output stride, the paper's extra convs.
 LOCALIZER = {

@@ -41,13 +41,38 @@ def make_optimizer(model, cfg: dict) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
 
 
+class WeightAverage:
+    """An exponential moving average of the floating-point weights (Polyak averaging), taken after
+    every optimiser step. The effective decay ramps up as min(decay, (1 + n) / (10 + n)) so the
+    untrained starting weights wash out within the first steps even on short schedules."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay, self.steps = decay, 0
+        self.names = [k for k, v in model.state_dict().items() if v.is_floating_point()]
+        self.shadow = [model.state_dict()[k].detach().clone() for k in self.names]
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        state = model.state_dict()
+        torch._foreach_lerp_(self.shadow, [state[k].detach() for k in self.names], 1.0 - decay)
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        model.load_state_dict(dict(zip(self.names, self.shadow)), strict=False)
+
+
 def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
         batch_loss: Callable, desc: str, epoch_stats: Callable | None = None) -> list[dict]:
-    """Train for cfg['epochs']; returns one dict per epoch (loss, seconds, plus epoch_stats())."""
+    """Train for cfg['epochs']; returns one dict per epoch (loss, seconds, plus epoch_stats()).
+
+    cfg['ema_decay'] > 0: the model ends with the moving average of its weights (WeightAverage).
+    """
     freeze_prefix(model.backbone, cfg["freeze_blocks"])
     opt = make_optimizer(model, cfg)
     total, step, history = cfg["epochs"] * len(loader), 0, []
     place(model, device)
+    average = WeightAverage(model, cfg["ema_decay"]) if cfg.get("ema_decay", 0.0) > 0 else None
     bar = tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True)
     for epoch in range(cfg["epochs"]):
         set_train_mode(model, cfg["freeze_bn"])
@@ -60,6 +85,8 @@ def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if average:
+                average.update(model)
             losses.append(loss.item())
             step += 1
             bar.update()
@@ -69,6 +96,8 @@ def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
         history.append(record)
         tracking.log_metrics({k: v for k, v in record.items() if v is not None and k != "epoch"}, step=epoch + 1)
     bar.close()
+    if average:
+        average.copy_to(model)
     return history
 
 
