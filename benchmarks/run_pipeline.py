@@ -44,7 +44,7 @@ def main() -> None:
     for stage, r in out.items():
         key = SCORE.get(stage)
         score = r["result"].get(key) if key else None
-        extra = f" (CRF: {r['result'].get('val_miou_crf')})" if stage in ("train_segmenter", "train_reference") else ""
+        extra = f" (CRF: {r['result']['val_miou_crf']})" if "val_miou_crf" in r["result"] else ""
         lines.append(f"| {stage} | {'-' if score is None else f'{key} {score}'}{extra} | {r['seconds']} |")
     lines.append(f"| **total** | | {total} |")
     write_lines(f"pipeline_{args.name}.md", lines)

@@ -175,7 +175,7 @@ SCHEMA: dict = {
     },
     # min_prob: classes below it everywhere are left out of the val CRF (tasks/crf.py, crf_argmax)
     "segmenter": {**SEGMENTER, "crf": {**CRF, "min_prob": F(float, min=0.0, max=0.5)}},
-    "reference": {"enabled": F(bool)},
+    "reference": {"enabled": F(bool), "crf": F(bool)},   # crf: also score it with CRF post-processing
 }
 
 # Keys a file may leave out, with their defaults.

@@ -24,7 +24,8 @@ def main(params: dict) -> dict:
     # Always from ImageNet: a fully supervised model has no refiner to start from (and this stage then
     # need not re-run whenever the refiner changes).
     params = {**params, "segmenter": {**params["segmenter"], "init": "imagenet"}}
-    return {"enabled": True, **train_and_score(params, labels_for, "reference", paths.REFERENCE)}
+    return {"enabled": True, **train_and_score(params, labels_for, "reference", paths.REFERENCE,
+                                               crf=params["reference"]["crf"])}
 
 
 def _disabled() -> dict:

@@ -15,8 +15,9 @@ from tasks.metrics import per_class_csv, summary
 from tasks.runtime import load_checkpoint, resolve_device, resolve_precision, save_checkpoint, seed_everything
 
 
-def train_and_score(params: dict, labels_for, name: str, checkpoint: Path) -> dict:
-    """Train on the train split with `labels_for(id)`, save, score on val; writes metrics/<name>.json.
+def train_and_score(params: dict, labels_for, name: str, checkpoint: Path, crf: bool = True) -> dict:
+    """Train on the train split with `labels_for(id)`, save, score on val (with and, if crf, also
+    without CRF post-processing); writes metrics/<name>.json.
 
     segmenter.init: refiner starts from the refiner's weights (artifacts/refiner.pt).
     """
@@ -37,20 +38,23 @@ def train_and_score(params: dict, labels_for, name: str, checkpoint: Path) -> di
 
     val_rows = data.split_rows(manifest, params["data"]["val_split"])
     start = time.perf_counter()
-    plain, with_crf, panels = segmentation.evaluate(model, root, val_rows, len(classes), cfg, device, samples=4)
+    plain, with_crf, panels = segmentation.evaluate(model, root, val_rows, len(classes), cfg, device, samples=4,
+                                                    crf=crf)
     metrics = {"train_seconds": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - start, 1),
                "epochs": cfg["epochs"], "init": cfg["init"], "n_train": len(train_ids),
                "precision": resolve_precision(device, cfg["precision"]),
                "final_loss": round(history[-1]["loss"], 5)}
     if plain.sum():
-        s, s_crf = summary(plain, classes), summary(with_crf, classes)
-        metrics.update({"val_miou": s["miou"], "val_miou_crf": s_crf["miou"],
-                        "per_class_iou": s["per_class_iou"], "per_class_iou_crf": s_crf["per_class_iou"],
-                        "classes": classes, "confusion_matrix": plain.tolist()})
+        s = summary(plain, classes)
+        metrics.update({"val_miou": s["miou"], "per_class_iou": s["per_class_iou"], "classes": classes,
+                        "confusion_matrix": plain.tolist()})
+        if with_crf is not None:
+            s_crf = summary(with_crf, classes)
+            metrics.update({"val_miou_crf": s_crf["miou"], "per_class_iou_crf": s_crf["per_class_iou"]})
     with atomic_path(paths.REPORTS / name) as tmp:
         tmp.mkdir()
         Image.fromarray(segmentation.confusion_image(plain)).save(tmp / "confusion_matrix.png")
-        for image_id, panel in panels:  # image | prediction | with CRF | ground truth
+        for image_id, panel in panels:  # image | prediction | with CRF (if scored) | ground truth
             Image.fromarray(panel).save(tmp / f"val_{image_id}.png")
     write_json(metrics, paths.METRICS / f"{name}.json")
     write_text(per_class_csv(metrics.get("per_class_iou", {})), paths.PLOTS / f"{name}_per_class.csv")

@@ -52,6 +52,18 @@ def test_segmenter_trains_and_evaluates(voc_fixture, trained):
     np.testing.assert_array_equal(with_crf, expected)
 
 
+def test_evaluation_without_crf_scores_the_same_predictions_and_runs_no_crf(voc_fixture, trained, monkeypatch):
+    model, _, classes = trained
+    rows = [{"id": i, "has_mask": True} for i in data.read_split(voc_fixture, "val")]
+    cpu = torch.device("cpu")
+    plain, _, _ = evaluate(model, voc_fixture, rows, len(classes), CFG, cpu)
+    monkeypatch.setattr("tasks.segmentation.crf_labels", None)  # any CRF call would now fail
+    plain_only, with_crf, panels = evaluate(model, voc_fixture, rows, len(classes), CFG, cpu, samples=1, crf=False)
+    assert with_crf is None
+    np.testing.assert_array_equal(plain_only, plain)
+    assert panels[0][1].shape == (40, 150, 3)  # image | prediction | ground truth
+
+
 def test_predict_folder_writes_pngs_and_names_bad_files(voc_fixture, trained, tmp_path):
     model, _, classes = trained
     ckpt = tmp_path / "seg.pt"
