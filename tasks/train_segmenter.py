@@ -16,8 +16,8 @@ from tasks.runtime import load_checkpoint, resolve_device, resolve_precision, sa
 
 
 def train_and_score(params: dict, labels_for, name: str, checkpoint: Path, crf: bool = True) -> dict:
-    """Train on the train split with `labels_for(id)`, save, score on val (with and, if crf, also
-    without CRF post-processing); writes metrics/<name>.json.
+    """Train on the train split with `labels_for(id)`, save, score on val without CRF
+    post-processing and, if crf, with it too; writes metrics/<name>.json.
 
     segmenter.init: refiner starts from the refiner's weights (artifacts/refiner.pt).
     """
