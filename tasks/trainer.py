@@ -48,15 +48,18 @@ class WeightAverage:
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay, self.steps = decay, 0
-        self.names = [k for k, v in model.state_dict().items() if v.is_floating_point()]
-        self.shadow = [model.state_dict()[k].detach().clone() for k in self.names]
+        state = model.state_dict()
+        self.names = [k for k, v in state.items() if v.is_floating_point()]
+        # state_dict tensors share storage with the model, and the optimiser steps in place: these
+        # references follow training without rebuilding the state dict every step
+        self.live = [state[k] for k in self.names]
+        self.shadow = [t.clone() for t in self.live]
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
+    def update(self) -> None:
         self.steps += 1
         decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        state = model.state_dict()
-        torch._foreach_lerp_(self.shadow, [state[k].detach() for k in self.names], 1.0 - decay)
+        torch._foreach_lerp_(self.shadow, self.live, 1.0 - decay)
 
     def copy_to(self, model: torch.nn.Module) -> None:
         model.load_state_dict(dict(zip(self.names, self.shadow)), strict=False)
@@ -86,7 +89,7 @@ def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
             loss.backward()
             opt.step()
             if average:
-                average.update(model)
+                average.update()
             losses.append(loss.item())
             step += 1
             bar.update()

@@ -39,7 +39,7 @@ def test_weight_average_ramps_up_and_leaves_integer_buffers_alone():
     with torch.no_grad():
         model.head.bias.add_(1.0)
         model.backbone[1].num_batches_tracked.fill_(7)
-    average.update(model)  # step 1: decay min(0.5, 2/11): the new weights count 9/11
+    average.update()  # step 1: decay min(0.5, 2/11): the new weights count 9/11
     average.copy_to(model)
     assert torch.allclose(model.head.bias, start["head.bias"] + 9 / 11)
     assert model.backbone[1].num_batches_tracked.item() == 7  # not averaged, not reset
