@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import segmenter  # noqa: F401  (registers the aspp head)
 from models.backbones import build_backbone
 from models.drs import Placement, make_drs
-from models.registry import HEADS, LOCALIZERS
+from models.registry import LOCALIZERS
+from models.segmenter import Segmenter
 
 
 @LOCALIZERS.register("cam")
@@ -68,31 +68,27 @@ class CAMClassifier(nn.Module):
 
 
 @LOCALIZERS.register("aspp")
-class ASPPLocalizer(nn.Module):
-    """Class maps from a DeepLab-style network (backbone + the segmenter's ASPP head).
+class ASPPLocalizer(Segmenter):
+    """Class maps from a DeepLab-style network: the segmenter with its plain ASPP head.
 
     The refiner's alternative to a 1x1 conv on the last features: the dilated branches and image
-    pooling give each pixel the context to decide whether it belongs to an object's extent.
+    pooling give each pixel the context to decide whether it belongs to an object's extent. Its
+    state dict has the segmenter's keys, which is what lets `segmenter.init: refiner` start from it.
     """
 
     def __init__(self, n_classes: int, backbone: str = "efficientnet_lite0", pretrained: bool = True,
                  output_stride: int = 16, channels: int = 128, rates=(6, 12, 18)):
-        super().__init__()
-        self.backbone = build_backbone(backbone, pretrained=pretrained, output_stride=output_stride)
-        self.head = HEADS.get("aspp")(self.backbone.out_channels, n_classes, channels=channels, rates=tuple(rates))
-        self.register_buffer("mean", torch.tensor(self.backbone.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(self.backbone.std).view(1, 3, 1, 1), persistent=False)
+        super().__init__(n_classes, backbone=backbone, head="aspp", pretrained=pretrained,
+                         output_stride=output_stride, aspp_channels=channels, aspp_rates=rates)
 
     @classmethod
     def from_config(cls, cfg: dict, n_classes: int) -> "ASPPLocalizer":
         return cls(n_classes, backbone=cfg["backbone"], pretrained=cfg["pretrained"],
                    output_stride=cfg["output_stride"], channels=cfg["aspp_channels"], rates=cfg["aspp_rates"])
 
-    def new_modules(self) -> list[nn.Module]:
-        return [self.head]
-
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = self.head(self.backbone((images / 255.0 - self.mean) / self.std))
+        """(GAP logits N x C, class maps N x C x h x w at the head's stride), like the CAM classifier."""
+        maps = self.logits(images)
         return maps.mean(dim=(2, 3)), maps
 
 
