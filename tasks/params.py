@@ -140,6 +140,13 @@ SCHEMA: dict = {
             "delta": F(float, min=0.0, max=1.0),
             "placement": F(list, item=F(str, pattern=r"extra|head|all|blocks:[1-9][0-9]*")),
         },
+        # tasks/context_paste.py: objects cut by the classifier's own maps pasted onto other images
+        "context_paste": {
+            "prob": PROB,                                 # chance an image gets an object (0: off)
+            "start_epoch": F(int, min=0, max=1000),       # epochs of plain training first
+            "mask_threshold": F(float, min=0.0, max=0.99),  # of the max-normalised map: the object's pixels
+            "max_side": F(float, min=0.05, max=1.0),      # pasted boxes scaled to at most this of the image side
+        },
         **TRAINING,
         "limit": F(int, min=0),
     },

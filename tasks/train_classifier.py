@@ -16,6 +16,7 @@ from models.classifier import build_localizer
 from models.drs import LearnableDRS
 from models.registry import LOSSES
 from tasks import data, images, paths, tracking, trainer
+from tasks.context_paste import ContextPaste
 from tasks.io import write_json, write_text
 from tasks.runtime import place, resolve_device, save_checkpoint, seed_everything, training_loader
 
@@ -60,7 +61,9 @@ def fit(model, loader: DataLoader, cfg: dict, device: torch.device) -> list[dict
         deltas = drs_deltas(model)
         return {"drs_delta_mean": float(np.mean(deltas)) if deltas else None}
 
-    return trainer.fit(model, loader, cfg, device, classification_loss, "train classifier", stats)
+    paste = cfg["context_paste"]
+    loss = ContextPaste(paste, len(loader), cfg["seed"]) if paste["prob"] > 0 else classification_loss
+    return trainer.fit(model, loader, cfg, device, loss, "train classifier", stats)
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
