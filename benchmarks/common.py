@@ -11,8 +11,8 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
-from tasks.__main__ import STAGES, run_stage  # noqa: E402
-from tasks.params import load  # noqa: E402
+from tasks.__main__ import run_stage, stages as pipeline_stages  # noqa: E402
+from config.params import load  # noqa: E402
 
 
 def params_for(root: str, overrides: list[str]) -> dict:
@@ -21,9 +21,9 @@ def params_for(root: str, overrides: list[str]) -> dict:
 
 def run_stages(stages: list[str], params: dict, workdir: Path) -> dict:
     """{stage: {"result": main's dict, "seconds": wall time}} for the stages, in order, in workdir."""
-    unknown = [s for s in stages if s not in STAGES]
+    unknown = [s for s in stages if s not in pipeline_stages()]
     if unknown:
-        raise KeyError(f"unknown stage(s) {unknown}; stages: {list(STAGES)}")
+        raise KeyError(f"unknown stage(s) {unknown}; stages: {pipeline_stages()}")
     workdir.mkdir(parents=True, exist_ok=True)
     here, out = os.getcwd(), {}
     os.chdir(workdir)

@@ -19,8 +19,8 @@ from common import host, write_lines
 
 from models.backbones import freeze_prefix
 from models.segmenter import Segmenter
-from tasks.runtime import place
-from tasks.trainer import set_train_mode
+from training.runtime import place
+from training.trainer import set_train_mode
 
 CASES = [  # name, head, low_level_stride
     ("aspp (DeepLabV3; the baseline)", "aspp", 8),

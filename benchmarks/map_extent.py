@@ -22,19 +22,20 @@ import numpy as np
 
 from common import RESULTS, write_lines
 
-from tasks import data, mapstore
-from tasks.evaluate import maps_to_labels
-from tasks.metrics import IGNORE
+from dataset import voc
+from stores import mapstore
+from scoring.sweep import maps_to_labels
+from scoring.metrics import IGNORE
 
 
 def extent(run_dir: Path) -> dict:
-    _, classes, root = data.read_manifest(run_dir / "artifacts/manifest.parquet")
+    _, classes, root = voc.read_manifest(run_dir / "artifacts/manifest.parquet")
     threshold = json.loads((run_dir / "metrics/maps.json").read_text())["threshold"]
     n = len(classes)
     counts = dict.fromkeys(["valid", "gt_fg", "pred_fg", "both_fg", "both_right"], 0)
     inside, outside = [], []
     for image_id, tags, maps in mapstore.read(run_dir / "artifacts/maps"):
-        mask = data.load_mask(root, image_id, n)
+        mask = voc.load_mask(root, image_id, n)
         if mask is None:
             continue
         valid = mask != IGNORE

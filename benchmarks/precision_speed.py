@@ -26,10 +26,10 @@ from common import REPO, host, write_lines
 from models.backbones import freeze_prefix
 from models.classifier import build_localizer
 from models.segmenter import Segmenter
-from tasks.params import load
-from tasks.runtime import autocast, place
-from tasks.segmentation import predict_probs, segmentation_loss
-from tasks.trainer import set_train_mode
+from config.params import load
+from training.runtime import autocast, place
+from training.segmentation import predict_probs, segmentation_loss
+from training.trainer import set_train_mode
 
 CPU = torch.device("cpu")
 

@@ -14,10 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, host, params_for, run_stages, write_lines
+from common import RESULTS, host, params_for, pipeline_stages, run_stages, write_lines
 
-STAGES = ["manifest", "train_classifier", "export_maps", "train_refiner", "export_refined", "pseudo_labels",
-          "train_segmenter", "train_reference", "summarize"]
+STAGES = [s for s in pipeline_stages() if s != "demo"]  # dvc.yaml's list; the dataset is --root
 SCORE = {"train_classifier": "val_map", "export_maps": "miou", "export_refined": "miou", "pseudo_labels": "miou",
          "train_segmenter": "val_miou", "train_reference": "val_miou"}
 

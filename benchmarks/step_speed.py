@@ -20,8 +20,8 @@ from common import host, write_lines
 
 from models.backbones import freeze_prefix
 from models.classifier import build_localizer
-from tasks.runtime import place
-from tasks.trainer import set_train_mode
+from training.runtime import place
+from training.trainer import set_train_mode
 
 CASES = [  # name, extra_convs, drs mode, frozen blocks, channels-last
     ("naive: NCHW, nothing frozen", 0, "none", 0, False),

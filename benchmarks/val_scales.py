@@ -17,16 +17,18 @@ from pathlib import Path
 
 from common import RESULTS, host
 
-from tasks import data, segmentation
-from tasks.metrics import mean_iou
-from tasks.runtime import resolve_device
+from dataset import voc
+from training import checkpoints, segmentation
+from scoring.metrics import mean_iou
+from training.runtime import resolve_device
 
 
 def score(checkpoint: Path, run_dir: Path, scales: list[float], split: str) -> dict:
     device = resolve_device("auto")
-    model, cfg, classes = segmentation.load_segmenter(checkpoint, device)
-    manifest, _, root = data.read_manifest(run_dir / "artifacts/manifest.parquet")
-    rows = data.split_rows(manifest, split)
+    model, config = checkpoints.load(checkpoint, device)
+    cfg, classes = config["network"], config["classes"]
+    manifest, _, root = voc.read_manifest(run_dir / "artifacts/manifest.parquet")
+    rows = voc.split_rows(manifest, split)
     start = time.perf_counter()
     plain, crf, _ = segmentation.evaluate(model, root, rows, len(classes), {**cfg, "val_scales": scales}, device)
     return {"miou": round(100 * mean_iou(plain), 2), "miou_crf": round(100 * mean_iou(crf), 2),

@@ -14,7 +14,7 @@ def main(argv: list[str]) -> int:
         from flows.serve import main as serve_main
         return serve_main(rest)
     if cmd == "versions":
-        from flows.versions import main as versions_main
+        from commands.versions import main as versions_main
         return versions_main(rest)
     if cmd == "run":
         import json

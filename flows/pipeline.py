@@ -21,9 +21,11 @@ from typing import Any, Literal, Optional
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
-from flows import dvc_commands, versions
+from flows import dvc_commands
+from commands import versions
 from flows.stream import run_logged, tool_env
-from tasks import lineage, tracking
+from tracking import lineage
+from tracking import runs as tracking
 
 GPU_TAG = "gpu"
 REPO_ROOT = Path(__file__).resolve().parent.parent  # where dvc.yaml is read to define the flows

@@ -15,6 +15,9 @@ from models.registry import LOCALIZERS
 from models.segmenter import Segmenter
 
 
+NO_DRS = {"mode": "none", "delta": 1.0, "placement": []}
+
+
 @LOCALIZERS.register("cam")
 class CAMClassifier(nn.Module):
     def __init__(self, n_classes: int, backbone: str = "efficientnet_lite0", pretrained: bool = True,
@@ -55,11 +58,11 @@ class CAMClassifier(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: dict, n_classes: int) -> "CAMClassifier":
+        drs = cfg.get("drs") or NO_DRS  # the refiner's section has no DRS
         return cls(n_classes=n_classes, backbone=cfg["backbone"], pretrained=cfg["pretrained"],
                    output_stride=cfg["output_stride"], extra_convs=cfg["extra_convs"],
                    extra_channels=cfg["extra_channels"], extra_kernel=cfg.get("extra_kernel", 3),  # older checkpoints: 3x3
-                   drs_mode=cfg["drs"]["mode"],
-                   drs_delta=cfg["drs"]["delta"], drs_placement=tuple(cfg["drs"]["placement"]))
+                   drs_mode=drs["mode"], drs_delta=drs["delta"], drs_placement=tuple(drs["placement"]))
 
     @torch.no_grad()
     def cams(self, images: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Command line: `python -m tasks STAGE [--params params.yaml] [--set key=value ...]`.
 
 The same `main(params)` functions run here, under `dvc repro` (which calls this) and in Prefect.
+The stages are dvc.yaml's, in its order; stage NAME is the module tasks/NAME.py.
 """
 from __future__ import annotations
 
@@ -8,34 +9,30 @@ import argparse
 import importlib
 import json
 import sys
+from pathlib import Path
 
-from tasks import tracking
-from tasks.params import ParamsError, load
+from config.params import ParamsError, load
+from tracking import lineage
+from tracking import runs as tracking
 
-STAGES = {
-    "demo": "tasks.demo",
-    "manifest": "tasks.manifest",
-    "train_classifier": "tasks.train_classifier",
-    "export_maps": "tasks.export_maps",
-    "train_refiner": "tasks.train_refiner",
-    "export_refined": "tasks.export_refined",
-    "pseudo_labels": "tasks.pseudo_labels",
-    "train_segmenter": "tasks.train_segmenter",
-    "train_reference": "tasks.train_reference",
-    "summarize": "tasks.summarize",
-}
+DVC_YAML = Path(__file__).resolve().parent.parent / "dvc.yaml"
+
+
+def stages() -> list[str]:
+    """The pipeline's stages, upstream first: the one list the CLI, flows, benchmarks and tests use."""
+    return lineage.stage_names(lineage.read_yaml(DVC_YAML))
 
 
 def run_stage(name: str, params: dict) -> dict:
-    if name not in STAGES:
-        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    if name not in stages():
+        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(stages())}")
     with tracking.stage_run(name, params):
-        return importlib.import_module(STAGES[name]).main(params)
+        return importlib.import_module(f"tasks.{name}").main(params)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__)
-    parser.add_argument("stage", choices=list(STAGES))
+    parser.add_argument("stage", choices=stages())
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter for this run only (dvc exp run -S records overrides)")

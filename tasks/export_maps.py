@@ -1,110 +1,14 @@
-"""Stage 2: class activation maps for every tagged class of every training image.
-
-Core: `multiscale_maps` (model, image, tags in; k x H x W maps in [0, 1] out), batched over the
-flips of each scale. `export` streams them into packed shards, scores them against masks where
-there are masks and writes a few overlays; the refined-map stage reuses it with its own model.
-"""
+"""Stage 2: class activation maps of the classifier for every tagged class of every training image,
+multi-scale (+ flip), packed in Parquet shards and scored against masks where there are masks."""
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-import numpy as np
-import torch
-from PIL import Image
-from tqdm import tqdm
-
-from models.classifier import build_localizer
-from tasks import data, images, paths, tracking
-from tasks.evaluate import ThresholdSweep, thresholds
-from tasks.io import atomic_path, write_json, write_text
-from tasks.mapstore import write as write_maps
-from tasks.metrics import per_class_csv
-from tasks.runtime import autocast, load_checkpoint, place, resolve_device, resolve_precision
-
-
-@torch.no_grad()
-def multiscale_maps(model, image: np.ndarray, tags: list[int], scales: list[float], flip: bool,
-                    device: torch.device) -> np.ndarray:
-    """ReLU'd class maps summed over scales (and horizontal flips) at image size, each class
-    scaled to max 1.
-
-    Raw and refined maps are both scaled this way, so a background threshold means the same for
-    both: a fraction of the class's own peak. (Refined maps regress towards the mean under MSE;
-    unscaled, their best threshold sat half as high as the raw maps'.)
-    """
-    h, w = image.shape[:2]
-    if not tags:
-        return np.zeros((0, h, w), np.float32)
-    channels = torch.tensor([t - 1 for t in tags], device=device)
-    total = images.sum_over_views(lambda batch: torch.relu(model(batch)[1])[:, channels], image, scales, flip, device)
-    total = total / total.flatten(1).amax(1).clamp_min(1e-5)[:, None, None]
-    return total.cpu().numpy()
-
-
-def load_model(path: Path, device: torch.device):
-    """A CAM-style model from its checkpoint (weights from the file; no ImageNet weights loaded)."""
-    ckpt = load_checkpoint(path)
-    cfg, classes = ckpt["config"]["classifier"], ckpt["config"]["classes"]
-    model = build_localizer({**cfg, "pretrained": False}, len(classes) - 1)
-    model.load_state_dict(ckpt["state_dict"])
-    return place(model.eval(), device), classes
-
-
-def overlay(image: np.ndarray, maps: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Image | image with the strongest class map as a heat map | ground truth (if any)."""
-    heat = maps.max(0) if len(maps) else np.zeros(image.shape[:2], np.float32)
-    panels = [image, images.blend(image, images.colourise(heat))]
-    if mask is not None:
-        panels.append(images.colour_labels(mask))
-    return np.concatenate(panels, axis=1)
-
-
-def export(model, classes: list[str], params: dict, device, store: Path, name: str) -> dict:
-    """Maps for the training split into `store`; metrics/<name>.json, plots/<name>_sweep.csv, reports/<name>/."""
-    cfg = params["maps"]
-    manifest, manifest_classes, root = data.read_manifest(paths.MANIFEST)
-    if manifest_classes != classes:
-        raise ValueError(f"{name}: the model was trained on other classes than the manifest lists; rerun training")
-    rows = data.split_rows(manifest, params["data"]["train_split"])
-    sweep = ThresholdSweep(thresholds(cfg["threshold_start"], cfg["threshold_stop"], cfg["threshold_step"]), len(classes))
-    report_dir = paths.REPORTS / name
-    evaluated, start = 0, time.perf_counter()
-
-    def records():
-        nonlocal evaluated
-        with atomic_path(report_dir) as tmp_reports:
-            tmp_reports.mkdir()
-            for i, row in enumerate(tqdm(rows, desc=f"export {name}", unit="img", dynamic_ncols=True)):
-                image = data.load_image(root, row["id"])
-                with autocast(device, cfg["precision"]):
-                    maps = multiscale_maps(model, image, row["tags"], cfg["scales"], cfg["flip"], device)
-                mask = data.load_mask(root, row["id"], len(classes)) if row["has_mask"] else None
-                if mask is not None:
-                    sweep.add(maps, row["tags"], mask)
-                    evaluated += 1
-                if i < cfg["n_overlays"]:
-                    Image.fromarray(overlay(image, maps, mask)).save(tmp_reports / f"{row['id']}.png")
-                yield row["id"], row["tags"], maps
-
-    n = write_maps(records(), store, cfg["shard_size"])
-    metrics = {"n_images": n, "n_evaluated": evaluated, "seconds": round(time.perf_counter() - start, 1),
-               "scales": cfg["scales"], "flip": cfg["flip"], "precision": resolve_precision(device, cfg["precision"])}
-    sweep_csv, per_class = "threshold,miou\n", {}
-    if evaluated:  # without masks there is nothing to score; the plots stay empty
-        result = sweep.result(classes)
-        metrics = {**result, **metrics}
-        sweep_csv += "".join(f"{s['threshold']},{s['miou']}\n" for s in result["sweep"])
-        per_class = result["per_class_iou"]
-    write_text(sweep_csv, paths.PLOTS / f"{name}_sweep.csv")
-    write_text(per_class_csv(per_class), paths.PLOTS / f"{name}_per_class.csv")
-    write_json(metrics, paths.METRICS / f"{name}.json")
-    tracking.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    tracking.log_artifact(report_dir, f"{name}_overlays")
-    return metrics
+from config import paths
+from localization.cams import export
+from training import checkpoints
+from training.runtime import resolve_device
 
 
 def main(params: dict) -> dict:
     device = resolve_device(params["classifier"]["device"])
-    model, classes = load_model(paths.CLASSIFIER, device)
-    return export(model, classes, params, device, paths.MAPS, "maps")
+    model, config = checkpoints.load(paths.CLASSIFIER, device)
+    return export(model, config["classes"], params, device, paths.MAPS, "maps")

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tasks import data, paths
-from tasks.io import write_json, write_parquet
+from dataset import voc
+from config import paths
+from stores.atomic import write_parquet
+from tracking.outputs import write_stage_outputs
 
 
 def main(params: dict) -> dict:
     cfg = params["data"]
     splits = list(dict.fromkeys([cfg["train_split"], cfg["val_split"]]))
-    table, classes = data.scan(cfg["root"], splits)
+    table, classes = voc.scan(cfg["root"], splits)
     write_parquet(table, paths.MANIFEST)
     rows = table.to_pylist()
     stats = {
@@ -19,5 +21,4 @@ def main(params: dict) -> dict:
         "images": dict(Counter(r["split"] for r in rows)),
         "with_mask": sum(r["has_mask"] for r in rows),
     }
-    write_json(stats, paths.METRICS / "manifest.json")
-    return stats
+    return write_stage_outputs("manifest", stats)

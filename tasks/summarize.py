@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 
-from tasks import paths
-from tasks.io import write_json, write_text
+from config import paths
+from stores.atomic import write_text
+from tracking.outputs import write_stage_outputs
 
 ROWS = [  # (metrics file, label, mIoU key, seconds keys)
     ("classifier", "classifier (val mAP)", "val_map", ("train_seconds",)),
@@ -49,6 +50,6 @@ def markdown(summary: dict, params: dict) -> str:
 def main(params: dict) -> dict:
     names = {name for name, *_ in ROWS}
     summary = summarize({n: _load(n) for n in names})
-    write_json(summary, paths.METRICS / "summary.json")
     write_text(markdown(summary, params), paths.METRICS / "results.md")
+    write_stage_outputs("summary", summary)
     return {"weak_to_full_ratio": summary["weak_to_full_ratio"], "total_seconds": summary["total_seconds"]}

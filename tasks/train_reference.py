@@ -5,20 +5,21 @@ masks set reference.enabled: false; the stage then records that and trains nothi
 """
 from __future__ import annotations
 
-from tasks import data, paths
-from tasks.io import atomic_path, write_json
-from tasks.train_segmenter import train_and_score
+from dataset import voc
+from config import paths
+from stores.atomic import atomic_path, write_json
+from training.segmentation import train_and_score
 
 
 def main(params: dict) -> dict:
     if not params["reference"]["enabled"]:
         return _disabled()
-    _, classes, root = data.read_manifest(paths.MANIFEST)
+    _, classes, root = voc.read_manifest(paths.MANIFEST)
 
     def labels_for(image_id: str):
-        mask = data.load_mask(root, image_id, len(classes))
+        mask = voc.load_mask(root, image_id, len(classes))
         if mask is None:
-            raise data.DataError(f"image {image_id!r} has no mask: set reference.enabled: false for tag-only data")
+            raise voc.DataError(f"image {image_id!r} has no mask: set reference.enabled: false for tag-only data")
         return mask
 
     # Always from ImageNet: a fully supervised model has no refiner to start from (and this stage then

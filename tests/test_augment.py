@@ -3,8 +3,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tasks import images
-from tasks.runtime import training_loader
+from dataset import images
+from training.runtime import training_loader
 
 
 def test_flip_and_crop_moves_image_and_targets_together():

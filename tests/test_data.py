@@ -5,8 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tasks import data, manifest
-from tasks.params import load
+from tasks import manifest
+from dataset import voc
+from config.params import load
 from tests.conftest import REPO, voc_mini_root
 
 
@@ -15,7 +16,7 @@ def _params(root):
 
 
 def test_scan_reads_sizes_tags_and_masks(voc_fixture):
-    table, classes = data.scan(voc_fixture, ["train", "val"])
+    table, classes = voc.scan(voc_fixture, ["train", "val"])
     rows = table.to_pylist()
     assert classes == ["background", "cat", "dog"]
     assert [r["id"] for r in rows] == ["tr0", "tr1", "tr2", "tr3", "va0", "va1"]
@@ -27,7 +28,7 @@ def test_manifest_stage_writes_parquet_with_classes(voc_fixture, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     stats = manifest.main(_params(voc_fixture))
     assert stats["images"] == {"train": 4, "val": 2}
-    table, classes, root = data.read_manifest("artifacts/manifest.parquet")
+    table, classes, root = voc.read_manifest("artifacts/manifest.parquet")
     assert table.num_rows == 6 and classes[1] == "cat" and root == voc_fixture
     assert json.loads((tmp_path / "metrics/manifest.json").read_text())["with_mask"] == 6
 
@@ -35,21 +36,21 @@ def test_manifest_stage_writes_parquet_with_classes(voc_fixture, tmp_path, monke
 def test_tags_file_for_images_without_masks(voc_fixture):
     (voc_fixture / "SegmentationClass" / "tr1.png").unlink()
     (voc_fixture / "tags.csv").write_text("id,tags\ntr1,cat dog\n")
-    rows = data.scan(voc_fixture, ["train"])[0].to_pylist()
+    rows = voc.scan(voc_fixture, ["train"])[0].to_pylist()
     assert rows[1]["tags"] == [1, 2] and rows[1]["has_mask"] is False
 
 
 def test_unknown_class_in_tags_file_is_named(voc_fixture):
     (voc_fixture / "SegmentationClass" / "tr1.png").unlink()
     (voc_fixture / "tags.csv").write_text("tr1,cat horse\n")
-    with pytest.raises(data.DataError, match=r"tags.csv:1: image 'tr1' has unknown class 'horse'"):
-        data.scan(voc_fixture, ["train"])
+    with pytest.raises(voc.DataError, match=r"tags.csv:1: image 'tr1' has unknown class 'horse'"):
+        voc.scan(voc_fixture, ["train"])
 
 
 def test_image_without_mask_or_tags_is_named(voc_fixture):
     (voc_fixture / "SegmentationClass" / "tr2.png").unlink()
-    with pytest.raises(data.DataError, match="image 'tr2': no mask"):
-        data.scan(voc_fixture, ["train"])
+    with pytest.raises(voc.DataError, match="image 'tr2': no mask"):
+        voc.scan(voc_fixture, ["train"])
 
 
 def test_corrupt_image_is_named_and_old_manifest_survives(voc_fixture, tmp_path, monkeypatch):
@@ -57,7 +58,7 @@ def test_corrupt_image_is_named_and_old_manifest_survives(voc_fixture, tmp_path,
     manifest.main(_params(voc_fixture))
     before = (tmp_path / "artifacts/manifest.parquet").read_bytes()
     (voc_fixture / "JPEGImages" / "tr3.jpg").write_bytes(b"not a jpeg at all")
-    with pytest.raises(data.DataError, match=r"image 'tr3': .*tr3.jpg is not a readable image"):
+    with pytest.raises(voc.DataError, match=r"image 'tr3': .*tr3.jpg is not a readable image"):
         manifest.main(_params(voc_fixture))
     assert (tmp_path / "artifacts/manifest.parquet").read_bytes() == before
     assert not [p for p in (tmp_path / "artifacts").iterdir() if p.name.startswith(".")]  # no temp left
@@ -65,22 +66,22 @@ def test_corrupt_image_is_named_and_old_manifest_survives(voc_fixture, tmp_path,
 
 def test_missing_image_and_bad_mask_label(voc_fixture):
     (voc_fixture / "JPEGImages" / "va1.jpg").unlink()
-    with pytest.raises(data.DataError, match=r"image 'va1' \(split val\).*not found"):
-        data.scan(voc_fixture, ["val"])
+    with pytest.raises(voc.DataError, match=r"image 'va1' \(split val\).*not found"):
+        voc.scan(voc_fixture, ["val"])
     mask = np.array(Image.open(voc_fixture / "SegmentationClass" / "tr0.png"))
     mask[0, 0] = 9
     Image.fromarray(mask, mode="L").save(voc_fixture / "SegmentationClass" / "tr0.png")
-    with pytest.raises(data.DataError, match=r"mask 'tr0'.*label 9 outside 0..2"):
-        data.scan(voc_fixture, ["train"])
+    with pytest.raises(voc.DataError, match=r"mask 'tr0'.*label 9 outside 0..2"):
+        voc.scan(voc_fixture, ["train"])
 
 
 def test_missing_split_file(voc_fixture):
-    with pytest.raises(data.DataError, match="test.txt: split file not found"):
-        data.scan(voc_fixture, ["test"])
+    with pytest.raises(voc.DataError, match="test.txt: split file not found"):
+        voc.scan(voc_fixture, ["test"])
 
 
 def test_load_image_is_writable_and_contiguous(voc_fixture):
-    image = data.load_image(voc_fixture, "tr0")
+    image = voc.load_image(voc_fixture, "tr0")
     assert image.flags.writeable and image.flags.c_contiguous and image.shape == (40, 50, 3)
 
 
@@ -89,7 +90,7 @@ def test_voc_mini_manifest():
     root = voc_mini_root()
     if root is None:
         pytest.skip("WSSS_VOC_MINI is not set")
-    table, classes = data.scan(root, ["train", "val"])
+    table, classes = voc.scan(root, ["train", "val"])
     rows = table.to_pylist()
     assert sum(r["split"] == "train" for r in rows) == 330
     assert sum(r["split"] == "val" for r in rows) == 261

@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
-from tasks import data, demo, mapstore
-from tasks.evaluate import ThresholdSweep, maps_to_labels
+from dataset import demo
+from dataset import voc
+from stores import mapstore
+from scoring.sweep import ThresholdSweep, maps_to_labels
 
 
 def test_demo_is_deterministic_and_multilabel(tmp_path):
@@ -10,7 +12,7 @@ def test_demo_is_deterministic_and_multilabel(tmp_path):
     demo.generate(tmp_path / "b", seed=3, n_train=6, n_val=2, image_size=64)
     for sub in ("JPEGImages/demo_train_00004.jpg", "SegmentationClass/demo_train_00004.png"):
         assert (tmp_path / "a" / sub).read_bytes() == (tmp_path / "b" / sub).read_bytes()
-    table, classes = data.scan(tmp_path / "a", ["train", "val"])
+    table, classes = voc.scan(tmp_path / "a", ["train", "val"])
     rows = table.to_pylist()
     assert classes == demo.CLASSES and len(rows) == 8
     assert any(len(r["tags"]) > 1 for r in rows)
@@ -59,7 +61,7 @@ def test_threshold_sweep_finds_the_separating_threshold():
 
 @pytest.mark.parametrize("classes", [[], [3], [1, 4, 2]])
 def test_threshold_sweep_counts_match_scoring_each_threshold(classes):
-    from tasks.metrics import confusion
+    from scoring.metrics import confusion
 
     rng = np.random.default_rng(len(classes))
     # uint8-quantised maps, as stored: many exact ties with the thresholds and between classes

@@ -115,9 +115,9 @@ def test_freeze_prefix_stops_gradients_in_early_layers(backbone, n, stride):
 
 def test_refiner_head_is_picked_by_params_and_survives_a_checkpoint(tmp_path):
     from models.classifier import ASPPLocalizer, build_localizer
-    from tasks.export_maps import load_model
-    from tasks.params import load
-    from tasks.runtime import save_checkpoint
+    from config.params import load
+    from models.networks import to_config
+    from training import checkpoints
 
     params = load(Path(__file__).resolve().parent.parent / "params.yaml", ["refiner.head=aspp", "refiner.pretrained=false", "refiner.aspp_channels=8"])
     cfg = params["refiner"]
@@ -127,8 +127,9 @@ def test_refiner_head_is_picked_by_params_and_survives_a_checkpoint(tmp_path):
     assert logits.shape == (1, 5) and maps.shape == (1, 5, 4, 4)
     assert isinstance(build_localizer(params["classifier"], 5), CAMClassifier)
 
-    save_checkpoint(tmp_path / "refiner.pt", model, {"classifier": cfg, "classes": [f"c{i}" for i in range(6)]})
-    loaded, _ = load_model(tmp_path / "refiner.pt", torch.device("cpu"))
+    checkpoints.save(tmp_path / "refiner.pt", model, to_config("localizer", cfg, [f"c{i}" for i in range(6)]))
+    loaded, config = checkpoints.load(tmp_path / "refiner.pt", torch.device("cpu"))
+    assert config["kind"] == "localizer" and "drs" not in config["network"]  # no fake DRS section
     x = torch.rand(1, 3, 64, 64) * 255
     torch.testing.assert_close(loaded(x)[1], model.eval()(x)[1])
     with pytest.raises(KeyError, match="refiner.head"):

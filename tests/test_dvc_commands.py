@@ -4,8 +4,8 @@ from prefect.states import Failed
 
 from flows import dvc_commands as dc
 from flows.pipeline import StageFailed, TransientStageFailure, _retry_transient
-from tasks import lineage
-from tasks.params import ParamsError, load
+from tracking import lineage
+from config.params import ParamsError, load
 from tests.conftest import REPO
 
 

@@ -9,8 +9,10 @@ import uuid
 import pytest
 import yaml
 
-from flows import dvc_commands, versions
-from tasks import lineage, tracking
+from flows import dvc_commands
+from commands import versions
+from tracking import lineage
+from tracking import runs as tracking
 from tests import servers
 from tests.test_pipeline_dvc import dvc
 

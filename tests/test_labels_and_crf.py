@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from tasks import crf as crf_module
-from tasks.crf import crf_argmax, dense_crf
-from tasks.pseudo_labels import make_labels
-from tasks.train_refiner import refinement_target
+from labelling import crf as crf_module
+from labelling.crf import crf_argmax, dense_crf
+from labelling.pseudo import make_labels
+from localization.refinement import refinement_target
 
 CRF = {"iterations": 10, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 20, "bilateral_srgb": 10,
        "bilateral_compat": 10}

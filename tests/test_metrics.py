@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tasks.metrics import confusion, iou_per_class, mean_iou, summary
+from scoring.metrics import confusion, iou_per_class, mean_iou, summary
 
 
 def test_confusion_matches_hand_count():

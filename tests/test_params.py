@@ -3,7 +3,7 @@ import copy
 import pytest
 import yaml
 
-from tasks.params import ParamsError, load, validate
+from config.params import ParamsError, load, validate
 from tests.conftest import REPO
 
 

@@ -5,12 +5,14 @@ from PIL import Image
 
 from models.classifier import ASPPLocalizer
 from models.segmenter import build_segmenter
-from tasks import data
-from tasks.predict import predict_folder
-from tasks.runtime import resolve_precision, save_checkpoint
-from tasks.crf import dense_crf
-from tasks.metrics import confusion
-from tasks.segmentation import (checkpoint_config, evaluate, loss_grid, predict_probs, segmentation_loss, train,
+from dataset import voc
+from commands.predict import predict_folder
+from models.networks import to_config
+from training import checkpoints
+from training.runtime import resolve_precision
+from labelling.crf import dense_crf
+from scoring.metrics import confusion
+from training.segmentation import (evaluate, loss_grid, predict_probs, segmentation_loss, train,
                                 warm_start)
 
 CRF = {"iterations": 2, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 20, "bilateral_srgb": 10,
@@ -24,11 +26,11 @@ CFG = {"backbone": "efficientnet_lite0", "head": "aspp", "pretrained": False, "o
 
 @pytest.fixture
 def trained(voc_fixture):
-    classes = data.read_classes(voc_fixture)
-    ids = data.read_split(voc_fixture, "train")
+    classes = voc.read_classes(voc_fixture)
+    ids = voc.read_split(voc_fixture, "train")
 
     def labels_for(image_id):
-        return data.load_mask(voc_fixture, image_id, len(classes))
+        return voc.load_mask(voc_fixture, image_id, len(classes))
 
     torch.manual_seed(0)
     model, history = train(CFG, voc_fixture, ids, labels_for, len(classes), torch.device("cpu"), "test")
@@ -38,15 +40,16 @@ def trained(voc_fixture):
 def test_segmenter_trains_and_evaluates(voc_fixture, trained):
     model, history, classes = trained
     assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
-    rows = [{"id": i, "has_mask": True} for i in data.read_split(voc_fixture, "val")]
+    rows = [{"id": i, "has_mask": True} for i in voc.read_split(voc_fixture, "val")]
     plain, with_crf, panels = evaluate(model, voc_fixture, rows, len(classes), CFG, torch.device("cpu"), samples=1)
-    valid = sum(int((data.load_mask(voc_fixture, r["id"], 3) != 255).sum()) for r in rows)
+    valid = sum(int((voc.load_mask(voc_fixture, r["id"], 3) != 255).sum()) for r in rows)
     assert plain.sum() == valid and with_crf.sum() == valid
-    assert len(panels) == 1 and panels[0][1].shape == (40, 200, 3)
+    assert len(panels) == 1 and [t for t, _ in panels[0][2]] == ["prediction", "prediction + CRF"]
+    assert panels[0][3].shape == (40, 50)  # the ground truth travels with the sample
     # the CRF runs in worker processes: same counts as running it here, image by image
     expected = np.zeros_like(with_crf)
     for r in rows:
-        image, mask = data.load_image(voc_fixture, r["id"]), data.load_mask(voc_fixture, r["id"], 3)
+        image, mask = voc.load_image(voc_fixture, r["id"]), voc.load_mask(voc_fixture, r["id"], 3)
         probs = predict_probs(model, image, torch.device("cpu"), CFG["val_flip"], CFG["val_scales"])
         expected += confusion(mask, dense_crf(image, probs, CRF).argmax(0).astype(np.uint8), 3)
     np.testing.assert_array_equal(with_crf, expected)
@@ -54,20 +57,20 @@ def test_segmenter_trains_and_evaluates(voc_fixture, trained):
 
 def test_evaluation_without_crf_scores_the_same_predictions_and_runs_no_crf(voc_fixture, trained, monkeypatch):
     model, _, classes = trained
-    rows = [{"id": i, "has_mask": True} for i in data.read_split(voc_fixture, "val")]
+    rows = [{"id": i, "has_mask": True} for i in voc.read_split(voc_fixture, "val")]
     cpu = torch.device("cpu")
     plain, _, _ = evaluate(model, voc_fixture, rows, len(classes), CFG, cpu)
-    monkeypatch.setattr("tasks.segmentation.crf_labels", None)  # any CRF call would now fail
+    monkeypatch.setattr("training.segmentation.crf_labels", None)  # any CRF call would now fail
     plain_only, with_crf, panels = evaluate(model, voc_fixture, rows, len(classes), CFG, cpu, samples=1, crf=False)
     assert with_crf is None
     np.testing.assert_array_equal(plain_only, plain)
-    assert panels[0][1].shape == (40, 150, 3)  # image | prediction | ground truth
+    assert [t for t, _ in panels[0][2]] == ["prediction"]  # image | prediction | ground truth
 
 
 def test_predict_folder_writes_pngs_and_names_bad_files(voc_fixture, trained, tmp_path):
     model, _, classes = trained
     ckpt = tmp_path / "seg.pt"
-    save_checkpoint(ckpt, model, checkpoint_config(CFG, classes))
+    checkpoints.save(ckpt, model, to_config("segmenter", CFG, classes))
     inp = tmp_path / "in"
     inp.mkdir()
     for name in ("a", "b"):
@@ -85,7 +88,7 @@ def test_predict_folder_writes_pngs_and_names_bad_files(voc_fixture, trained, tm
 
 def test_multiscale_inference_keeps_the_image_size_and_averages_scales(voc_fixture, trained):
     model, _, _ = trained
-    image = data.load_image(voc_fixture, data.read_split(voc_fixture, "val")[0])
+    image = voc.load_image(voc_fixture, voc.read_split(voc_fixture, "val")[0])
     one = predict_probs(model, image, torch.device("cpu"), True, [1.0])
     multi = predict_probs(model, image, torch.device("cpu"), True, [0.75, 1.0, 1.5])
     assert one.shape == multi.shape == (3, *image.shape[:2])
@@ -95,7 +98,7 @@ def test_multiscale_inference_keeps_the_image_size_and_averages_scales(voc_fixtu
 
 def test_bf16_inference_returns_float32_probabilities_close_to_float32(voc_fixture, trained):
     model, _, _ = trained
-    image = data.load_image(voc_fixture, data.read_split(voc_fixture, "val")[0])
+    image = voc.load_image(voc_fixture, voc.read_split(voc_fixture, "val")[0])
     full = predict_probs(model, image, torch.device("cpu"), True, [0.75, 1.0], "fp32")
     half = predict_probs(model, image, torch.device("cpu"), True, [0.75, 1.0], "bf16")
     assert half.dtype == np.float32

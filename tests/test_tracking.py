@@ -6,7 +6,8 @@ import json
 import pytest
 import yaml
 
-from tasks import lineage, tracking
+from tracking import lineage
+from tracking import runs as tracking
 
 DVC_YAML = {
     "stages": {

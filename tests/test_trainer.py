@@ -3,7 +3,7 @@ import copy
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from tasks.trainer import WeightAverage, fit
+from training.trainer import WeightAverage, fit
 
 CFG = {"freeze_blocks": 0, "freeze_bn": True, "epochs": 2, "optimizer": "sgd", "lr_schedule": "poly",
        "lr_step_epochs": [1], "lr": 0.1, "new_layer_lr_mult": 1.0, "weight_decay": 0.0, "momentum": 0.0,

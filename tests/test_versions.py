@@ -10,7 +10,8 @@ import textwrap
 import pytest
 import yaml
 
-from flows import gitdvc, versions
+from commands import gitdvc
+from commands import versions
 from tests.servers import git_env
 
 MAKE_LABELS = textwrap.dedent('''\
@@ -118,7 +119,7 @@ def test_cli_lists_and_refuses_unknown_or_unsafe_rollback(label_repo):
     versions.record(repo, log=lambda _: None)
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "flows.versions", "--repo", str(repo), *args],
+        return subprocess.run([sys.executable, "-m", "commands.versions", "--repo", str(repo), *args],
                               capture_output=True, text=True)
 
     listed = cli("list")

@@ -1,4 +1,4 @@
-"""Image-side helpers shared by the stages: resizing, tensors, colouring."""
+"""Image-side helpers shared by the stages: resizing, tensors, colouring (no device logic)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tasks.runtime import place
 
 
 def resize_long(image: np.ndarray, long_side: int, resample=Image.BILINEAR) -> np.ndarray:
@@ -55,22 +54,6 @@ def flip_and_crop(rng: np.random.Generator, size: int, image: np.ndarray,
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-
-
-def sum_over_views(forward, image: np.ndarray, scales, flip: bool, device: torch.device) -> torch.Tensor:
-    """forward(batch) -> B x C x h x w run on the image at each scale (and its mirror when flip),
-    each output resized back to the image and summed: C x H x W. Map export and segmenter inference
-    share it, so both look at an image the same way."""
-    h, w = image.shape[:2]
-    total = 0
-    for scale in scales:
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        x = place(to_tensor(np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR)))[None], device)
-        out = forward(torch.cat([x, x.flip(-1)]) if flip else x).float()  # sums stay float32 under bf16
-        if flip:
-            out = out[:1] + out[1:].flip(-1)
-        total = total + upsample(out, (h, w))[0]
-    return total
 
 
 def colourise(values: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ the md5 of DVC's JSON listing of its files plus ".dir".
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tasks import io
+from stores import atomic
 
 _INTERP = re.compile(r"\$\{\s*([\w.]+)\s*\}")
 
@@ -24,7 +25,7 @@ class LineageError(ValueError):
 
 
 def read_yaml(path: str | Path) -> dict:
-    return io.read_yaml(path, LineageError) or {}
+    return atomic.read_yaml(path, LineageError) or {}
 
 
 def stage_names(dvc_yaml: dict) -> list[str]:
@@ -123,7 +124,7 @@ def file_md5(path: Path) -> str:
 
 
 def dvc_md5(path: str | Path) -> str:
-    """DVC's md5 for a file or directory (as in dvc.lock), ignoring .dvcignore rules."""
+    """DVC's md5 for a file or directory (as in dvc.lock); of .dvcignore's rules only the Python caches."""
     path = Path(path)
     if path.is_file():
         return file_md5(path)
@@ -131,8 +132,10 @@ def dvc_md5(path: str | Path) -> str:
         raise LineageError(f"{path}: no such file or directory")
     entries = []
     for root, dirs, files in os.walk(path):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")  # .dvcignore leaves caches out
         for name in files:
+            if name.endswith(".pyc"):
+                continue
             full = Path(root) / name
             entries.append({"md5": file_md5(full), "relpath": full.relative_to(path).as_posix()})
     entries.sort(key=lambda e: e["relpath"])
@@ -182,3 +185,62 @@ def git_commit(cwd: str | Path = ".") -> tuple[str, bool] | None:
         return head.stdout.strip(), bool(dirty.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def _module_file(repo: Path, module: str) -> Path | None:
+    base = repo.joinpath(*module.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module a file names in an import statement, at any depth (function-level imports
+    included: they run too), with `from P import m` read as both P and P.m."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return out
+
+
+def import_closure(entry: list[str | Path], repo: str | Path = ".") -> set[str]:
+    """The repository's Python files that `entry` files import, directly or not (paths relative to
+    repo, entry files included). What a stage's dvc.yaml deps must cover."""
+    repo = Path(repo).resolve()
+    todo = [(repo / e).resolve() for e in entry]
+    seen: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for module in _imported_modules(path):
+            parts = module.split(".")
+            for i in range(1, len(parts) + 1):  # a package's __init__ runs before its modules
+                found = _module_file(repo, ".".join(parts[:i]))
+                if found is not None and found not in seen:
+                    todo.append(found)
+    return {p.relative_to(repo).as_posix() for p in seen}
+
+
+def stage_entry(stage: str) -> list[str]:
+    """The files `python -m tasks STAGE` starts from (tasks/__main__.py imports tasks/STAGE.py)."""
+    return ["tasks/__init__.py", "tasks/__main__.py", f"tasks/{stage}.py"]
+
+
+def uncovered_imports(spec: dict, stage: str, params: dict, repo: str | Path = ".") -> list[str]:
+    """The stage's imported project files that none of its dvc.yaml deps (a file, or a folder above
+    it) covers: editing one of them would leave the stage's outputs stale under `dvc repro`."""
+    deps = []
+    for raw in _paths(spec.get("deps")):
+        try:
+            deps.append(interpolate(raw, params).rstrip("/"))
+        except LineageError:
+            continue
+    return sorted(f for f in import_closure(stage_entry(stage), repo)
+                  if not any(f == d or f.startswith(d + "/") for d in deps))

@@ -93,7 +93,7 @@ class _StageRun:
     def __init__(self, stage: str, params: dict):
         from mlflow.entities import Param
 
-        from tasks import lineage
+        from tracking import lineage
 
         self.stage = stage
         self.client = client()
@@ -144,7 +144,8 @@ class _StageRun:
 
     def log_outputs(self) -> None:
         """The stage's metrics files and plots as artifacts, with charts drawn from them."""
-        from tasks import charts, lineage
+        from tracking import charts
+        from tracking import lineage
 
         for path in map(Path, lineage.stage_outputs(self.spec, "plots")):
             if path.is_file():

@@ -7,43 +7,50 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import time
 from collections import deque
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from config import paths
+from dataset import images, voc
+from dataset.crops import TrainingCrops
+from labelling.crf import crf_labels
+from models.networks import to_config
 from models.registry import LOSSES
 from models.segmenter import build_segmenter
-from tasks import data, images, trainer
-from tasks.crf import crf_labels
-from tasks.metrics import IGNORE, confusion
-from tasks.runtime import autocast, load_checkpoint, place, training_loader
+from scoring.metrics import IGNORE, confusion, per_class_csv, summary
+from stores.atomic import atomic_path
+from tracking import charts, panels
+from tracking.outputs import write_stage_outputs
+from training import checkpoints, trainer
+from training.inference import sum_over_views
+from training.runtime import autocast, resolve_device, resolve_precision, seed_everything, training_loader
 
 
-class LabelledCrops(Dataset):
-    def __init__(self, root, ids: list[str], labels: Callable[[str], np.ndarray], crop: int,
-                 resize_long: tuple[int, int], seed: int):
-        self.root, self.ids, self.labels, self.crop, self.resize = root, ids, labels, crop, resize_long
-        self.rng = np.random.default_rng(seed)
+class LabelTarget:
+    """A label map per image (pseudo labels or masks, 255 = ignore) for `dataset.crops.TrainingCrops`:
+    resized nearest with the image, then flipped and cropped with it (padding is 255)."""
 
-    def __len__(self) -> int:
-        return len(self.ids)
+    dense, fill = True, IGNORE
 
-    def __getitem__(self, i: int):
-        image_id = self.ids[i]
-        image, labels = data.load_image(self.root, image_id), self.labels(image_id)
-        if labels.shape != image.shape[:2]:
-            raise data.DataError(f"labels for image {image_id!r}: size {labels.shape} differs from {image.shape[:2]}")
-        long_side = images.random_long_side(self.rng, self.resize)
-        image = images.resize_long(image, long_side)
-        labels = images.resize_long(labels, long_side, Image.NEAREST)
-        image, labels = images.flip_and_crop(self.rng, self.crop, image, (labels, IGNORE))
-        return images.to_tensor(image), torch.from_numpy(labels.astype(np.int64))
+    def __init__(self, labels: Callable[[str], np.ndarray]):
+        self.labels = labels
+
+    def load(self, image_id: str, source_hw, size_hw) -> np.ndarray:
+        labels = self.labels(image_id)
+        if labels.shape != tuple(source_hw):
+            raise voc.DataError(f"labels for image {image_id!r}: size {labels.shape} differs from {tuple(source_hw)}")
+        return np.asarray(Image.fromarray(labels).resize(tuple(size_hw)[::-1], Image.NEAREST))
+
+    def to_tensor(self, labels: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(labels.astype(np.int64))
 
 
 def loss_grid(logits: torch.Tensor, labels: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +107,7 @@ def train(cfg: dict, root, ids: list[str], labels: Callable, n_classes: int, dev
     if start is not None:
         warm_start(model, *start)
     loader = training_loader(
-        LabelledCrops(root, ids, labels, cfg["crop_size"], tuple(cfg["resize_long"]), cfg["seed"]), cfg)
+        TrainingCrops(root, ids, LabelTarget(labels), cfg["crop_size"], cfg["resize_long"], cfg["seed"]), cfg)
     history = trainer.fit(model, loader, cfg, device, segmentation_loss(cfg), desc)
     return model, history
 
@@ -111,14 +118,15 @@ def predict_probs(model, image: np.ndarray, device, flip: bool, scales=(1.0,), p
     the input scales (and horizontal flips), each resized back to the image."""
     model.eval()
     with autocast(device, precision):
-        total = images.sum_over_views(model, image, scales, flip, device)
+        total = sum_over_views(model, image, scales, flip, device)
     mean = total / (len(scales) * (2 if flip else 1))  # a mean, not a sum: the CRF reads these as confidences
     return torch.softmax(mean, 0).cpu().numpy()
 
 
 def evaluate(model, root, rows: list[dict], n_classes: int, cfg: dict, device, samples: int = 0, workers: int = 0,
              crf: bool = True):
-    """(confusion without CRF, confusion with CRF or None, sample panels) over rows that have masks.
+    """(confusion without CRF, confusion with CRF or None, samples) over rows that have masks; a
+    sample is (id, image, [(title, predicted labels)], mask), for tracking.panels.labels_panel.
 
     The network runs here; the CRF of each image (single-threaded, and on CPU most of the time)
     runs in a pool of `workers` processes (0: all cores), at most two images per worker in flight
@@ -126,26 +134,26 @@ def evaluate(model, root, rows: list[dict], n_classes: int, cfg: dict, device, s
     """
     plain = np.zeros((n_classes, n_classes), np.int64)
     refined = np.zeros_like(plain) if crf else None
-    panels, pending = [], deque()
+    samples_out, pending = [], deque()
     n_workers = workers or os.cpu_count() or 1
     in_flight = 2 * n_workers if crf else 0  # without CRF jobs an image is finished at once
 
     def finish(item) -> None:
         image_id, image, mask, pred, job = item
         plain[...] += confusion(mask, pred, n_classes)
-        columns = [image, images.colour_labels(pred)]
+        predictions = [("prediction", pred)]
         if job is not None:
             pred_crf = job.get()
             refined[...] += confusion(mask, pred_crf, n_classes)
-            columns.append(images.colour_labels(pred_crf))
-        if len(panels) < samples:
-            panels.append((image_id, np.concatenate([*columns, images.colour_labels(mask)], 1)))
+            predictions.append(("prediction + CRF", pred_crf))
+        if len(samples_out) < samples:
+            samples_out.append((image_id, image, predictions, mask))
 
     # spawn, not fork: this process already runs torch (OpenMP), which forked children can deadlock on
     with mp.get_context("spawn").Pool(n_workers) if crf else nullcontext() as pool:
         for row in tqdm([r for r in rows if r["has_mask"]], desc="evaluate val", unit="img", dynamic_ncols=True):
-            image = data.load_image(root, row["id"])
-            mask = data.load_mask(root, row["id"], n_classes)
+            image = voc.load_image(root, row["id"])
+            mask = voc.load_mask(root, row["id"], n_classes)
             probs = predict_probs(model, image, device, cfg["val_flip"], cfg["val_scales"], cfg["precision"])
             job = pool.apply_async(crf_labels, ((image, probs, cfg["crf"]),)) if crf else None
             pending.append((row["id"], image, mask, probs.argmax(0).astype(np.uint8), job))
@@ -153,23 +161,49 @@ def evaluate(model, root, rows: list[dict], n_classes: int, cfg: dict, device, s
                 finish(pending.popleft())
         while pending:
             finish(pending.popleft())
-    return plain, refined, panels
+    return plain, refined, samples_out
 
 
-def confusion_image(conf: np.ndarray, cell: int = 16) -> np.ndarray:
-    """Row-normalised confusion matrix (ground truth rows, predictions columns) as a heat map."""
-    rows = conf / np.maximum(conf.sum(1, keepdims=True), 1)
-    heat = images.colourise(rows)
-    return np.kron(heat, np.ones((cell, cell, 1), np.uint8))
+def train_and_score(params: dict, labels_for: Callable[[str], np.ndarray], name: str, checkpoint: Path,
+                    crf: bool = True) -> dict:
+    """The segmentation stages' body: train on the train split with `labels_for(id)`, save, score on
+    val without CRF post-processing and, if crf, with it too; writes metrics/<name>.json,
+    plots/<name>_*.csv and reports/<name>/ (confusion matrix chart, sample panels).
 
+    segmenter.init: refiner starts from the refiner's weights (artifacts/refiner.pt).
+    """
+    cfg = params["segmenter"]
+    warm = None
+    if cfg["init"] == "refiner":
+        warm = (checkpoints.read(paths.REFINER)["state_dict"], str(paths.REFINER))
+    seed_everything(cfg["seed"])
+    device = resolve_device(cfg["device"])
+    manifest, classes, root = voc.read_manifest(paths.MANIFEST)
+    train_ids = [r["id"] for r in voc.split_rows(manifest, params["data"]["train_split"])]
+    start = time.perf_counter()
+    model, history = train(cfg, root, train_ids, labels_for, len(classes), device, f"train {name}", warm)
+    train_seconds = time.perf_counter() - start
+    checkpoints.save(checkpoint, model, to_config("segmenter", cfg, classes))
 
-def checkpoint_config(cfg: dict, classes: list[str]) -> dict:
-    return {"segmenter": cfg, "classes": classes}
-
-
-def load_segmenter(path, device):
-    ckpt = load_checkpoint(path)
-    cfg, classes = ckpt["config"]["segmenter"], ckpt["config"]["classes"]
-    model = build_segmenter({**cfg, "pretrained": False}, len(classes))
-    model.load_state_dict(ckpt["state_dict"])
-    return place(model.eval(), device), cfg, classes
+    val_rows = voc.split_rows(manifest, params["data"]["val_split"])
+    start = time.perf_counter()
+    plain, with_crf, samples = evaluate(model, root, val_rows, len(classes), cfg, device, samples=4, crf=crf)
+    metrics = {"train_seconds": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - start, 1),
+               "epochs": cfg["epochs"], "init": cfg["init"], "n_train": len(train_ids),
+               "precision": resolve_precision(device, cfg["precision"]),
+               "final_loss": round(history[-1]["loss"], 5)}
+    if plain.sum():
+        s = summary(plain, classes)
+        metrics.update({"val_miou": s["miou"], "per_class_iou": s["per_class_iou"], "classes": classes,
+                        "confusion_matrix": plain.tolist()})
+        if with_crf is not None:
+            s_crf = summary(with_crf, classes)
+            metrics.update({"val_miou_crf": s_crf["miou"], "per_class_iou_crf": s_crf["per_class_iou"]})
+    with atomic_path(paths.REPORTS / name) as tmp:
+        tmp.mkdir()
+        charts.confusion_matrix_chart(plain.tolist(), classes, tmp / "confusion_matrix.png", f"{name}: val confusion")
+        for image_id, image, predictions, mask in samples:
+            panels.labels_panel(image, predictions, mask, classes).save(tmp / f"val_{image_id}.png")
+    return write_stage_outputs(name, metrics, plots={f"{name}_train.csv": trainer.history_csv(history),
+                                                     f"{name}_per_class.csv": per_class_csv(metrics.get("per_class_iou", {}))},
+                               reports={name: name})

@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models.backbones import freeze_prefix
-from tasks import tracking
-from tasks.runtime import autocast, place, scheduled_lr
+from tracking import runs as tracking
+from training.runtime import autocast, place, scheduled_lr
 
 
 def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:

@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from tasks import shards
+from stores import shards
 
 SCHEMA = pa.schema([
     ("id", pa.string()),

@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from tasks import shards
-from tasks.images import palette
-from tasks.io import atomic_path
+from stores import shards
+from dataset.images import palette
+from stores.atomic import atomic_path
 
 SCHEMA = pa.schema([("id", pa.string()), ("height", pa.int32()), ("width", pa.int32()), ("labels", pa.binary())])
 

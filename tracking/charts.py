@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.io import atomic_path
+from stores.atomic import atomic_path
 
 
 def _pyplot():
@@ -35,8 +35,11 @@ def per_class_iou_chart(per_class: dict, path: str | Path, title: str = "per-cla
     return Path(path)
 
 
-def confusion_matrix_chart(matrix: list, classes: list[str] | None, path: str | Path) -> Path:
-    """Rows: ground truth, columns: prediction; each row normalised so the colours compare."""
+def confusion_matrix_chart(matrix: list, classes: list[str] | None, path: str | Path,
+                           title: str = "confusion matrix") -> Path:
+    """Rows: ground truth, columns: prediction; each row normalised so the colours compare (the
+    share of a class's pixels predicted as each class), with class names and a colour bar. The
+    stage reports and MLflow get this same chart."""
     import numpy as np
 
     m = np.asarray(matrix, dtype=float)
@@ -49,11 +52,13 @@ def confusion_matrix_chart(matrix: list, classes: list[str] | None, path: str | 
     plt = _pyplot()
     size = max(4.0, 0.4 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    image = ax.imshow(rows, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the ground-truth row")
     ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(len(classes)), classes, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
+    ax.set_title(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

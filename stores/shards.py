@@ -10,7 +10,7 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.io import atomic_path
+from stores.atomic import atomic_path
 
 
 def write(rows: Iterable[dict], schema: pa.Schema, out_dir: str | Path, shard_size: int) -> int:

@@ -5,11 +5,11 @@ in the DVC cache and the default remote. Rolling back restores dvc.lock, params.
 uncached metrics/plots of that commit and runs `dvc checkout`, so the labels are bit-identical
 and carry the params that made them; `dvc repro` then retrains whatever is downstream.
 
-    python -m flows.versions list [--json]
-    python -m flows.versions diff A B          # A, B: version number (3 or v3), tag or commit
-    python -m flows.versions rollback V [--force]
-    python -m flows.versions record [-m MESSAGE]
-    python -m flows.versions setup-remote
+    python -m commands.versions list [--json]
+    python -m commands.versions diff A B          # A, B: version number (3 or v3), tag or commit
+    python -m commands.versions rollback V [--force]
+    python -m commands.versions record [-m MESSAGE]
+    python -m commands.versions setup-remote
 
 The tracked output is the first of LABEL_OUTPUTS that a dvc.yaml stage declares (the pseudo-label
 stage's output once it exists; the CAM maps until then); `--output PATH` or WSSS_LABEL_OUTPUTS
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from flows import gitdvc
-from tasks import lineage
+from commands import gitdvc
+from tracking import lineage
 
 LABEL_OUTPUTS = ("artifacts/pseudo_labels", "artifacts/maps")
 # Where each revision's label quality is read, first found wins.
@@ -219,7 +219,7 @@ def rollback(repo, v: Version, force: bool = False, log=print, found: list[Versi
             problems.append(f"{out} in the workspace ({current}) is not a recorded version")
     if problems and not force:
         raise VersionError("rolling back would lose work: " + "; ".join(problems) +
-                           "\nrecord it first (python -m flows.versions record) or pass --force")
+                           "\nrecord it first (python -m commands.versions record) or pass --force")
     files = [*VERSIONED_FILES, *_uncached_at(repo, v.commit)]
     gitdvc.git(repo, "checkout", v.commit, "--", *files)
     log(f"restored {', '.join(files)} from {v.name} ({v.commit[:10]})")
@@ -288,7 +288,7 @@ def _metrics_at_workspace(repo: Path) -> tuple[dict | None, str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.versions", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m commands.versions", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", default=".")
     parser.add_argument("--output", action="append", help="the versioned DVC output (repeatable)")

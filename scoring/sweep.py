@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.metrics import IGNORE, summary
+from scoring.metrics import IGNORE, summary
 
 
 def maps_to_labels(maps: np.ndarray, classes: list[int], threshold: float) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from tasks.io import read_yaml
+from stores.atomic import read_yaml
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 

@@ -1,6 +1,6 @@
 """Segment a folder of new images with the trained segmenter: palette PNGs and overlays.
 
-    python -m tasks.predict IN_DIR OUT_DIR [--checkpoint artifacts/segmenter.pt] [--crf]
+    python -m commands.predict IN_DIR OUT_DIR [--checkpoint artifacts/segmenter.pt] [--crf]
 """
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from tasks import images, labelstore, paths
-from tasks.crf import crf_argmax
-from tasks.io import atomic_path
-from tasks.params import load
-from tasks.runtime import resolve_device
-from tasks.segmentation import load_segmenter, predict_probs
+from dataset import images
+from stores import labelstore
+from config import paths
+from labelling.crf import crf_argmax
+from stores.atomic import atomic_path
+from config.params import load
+from training.runtime import resolve_device
+from training import checkpoints
+from training.segmentation import predict_probs
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
@@ -29,7 +32,8 @@ def predict_folder(in_dir: Path, out_dir: Path, checkpoint: Path, device: str = 
     if not files:
         raise FileNotFoundError(f"{in_dir}: no images ({', '.join(sorted(SUFFIXES))})")
     dev = resolve_device(device)
-    model, cfg, classes = load_segmenter(checkpoint, dev)
+    model, config = checkpoints.load(checkpoint, dev)
+    cfg, classes = config["network"], config["classes"]
     with atomic_path(out_dir) as tmp:
         (tmp / "labels").mkdir(parents=True)
         (tmp / "overlays").mkdir()
@@ -50,7 +54,7 @@ def predict_folder(in_dir: Path, out_dir: Path, checkpoint: Path, device: str = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tasks.predict", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m commands.predict", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("in_dir", type=Path)
     ap.add_argument("out_dir", type=Path)

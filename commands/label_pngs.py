@@ -1,6 +1,6 @@
 """Write the packed pseudo labels as VOC palette PNGs (255 = uncertain shows white).
 
-    python -m tasks.label_pngs OUT_DIR [--labels artifacts/pseudo_labels]
+    python -m commands.label_pngs OUT_DIR [--labels artifacts/pseudo_labels]
 """
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from tasks import labelstore, paths
+from stores import labelstore
+from config import paths
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tasks.label_pngs", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m commands.label_pngs", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out_dir", type=Path)
     ap.add_argument("--labels", type=Path, default=paths.PSEUDO_LABELS)

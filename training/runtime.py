@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from tasks.io import atomic_path
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,19 +68,6 @@ def training_loader(dataset, cfg: dict) -> torch.utils.data.DataLoader:
         num_workers=cfg["num_workers"], worker_init_fn=_reseed_worker,
         generator=torch.Generator().manual_seed(cfg["seed"]),
     )
-
-
-def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict) -> None:
-    """state_dict plus the plain-typed config that rebuilds the model; written atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "config": config}, tmp)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found: run the stage that makes it first")
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def scheduled_lr(base: float, cfg: dict, step: int, total: int, epoch: int) -> float:
