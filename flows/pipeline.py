@@ -7,8 +7,8 @@ stage's output streams into the Prefect log. Stages that may use the GPU carry t
 which `python -m flows serve` limits to one concurrent task run.
 
 The flow opens an MLflow parent run and passes its id to the stage processes; each stage run
-becomes a child run (tasks/tracking.py). When the run changed the pseudo labels, it leaves a
-version: a git commit + tag of dvc.lock/params.yaml/metrics and a `dvc push` (flows/versions.py).
+becomes a child run (tracking/runs.py). When the run changed the pseudo labels, it leaves a
+version: a git commit + tag of dvc.lock/params.yaml/metrics and a `dvc push` (commands/versions.py).
 """
 from __future__ import annotations
 
