@@ -61,6 +61,7 @@ Backbone = _registered("BACKBONES")
 LocalizerHead = _registered("LOCALIZERS")
 SegmenterHead = _registered("HEADS")
 SegmenterLoss = _registered("LOSSES", exclude=("multilabel_soft_margin",))   # that one is the classifier's
+Channels = Annotated[int, Field(ge=1)]
 Count = Annotated[int, Field(ge=1, le=100_000)]
 Epochs = Annotated[int, Field(ge=1, le=1000)]
 FrozenBlocks = Annotated[int, Field(ge=0, le=1000)]   # stem + first N backbone blocks not trained
@@ -81,24 +82,25 @@ class Section(BaseModel):
 
 
 class Training(Section):
-    """What every trained network's section holds: the optimisation budget and schedule."""
+    """What every trained network's section holds: the optimisation budget and schedule. Defaults:
+    the classifier's; the refiner and the segmenter override theirs."""
 
     freeze_bn: bool = True
-    freeze_blocks: FrozenBlocks
-    epochs: Epochs
+    freeze_blocks: FrozenBlocks = 2
+    epochs: Epochs = 15
     batch_size: int = Field(8, ge=1, le=1024)
     crop_size: int = Field(256, ge=32, le=2048)
-    resize_long: Sides
+    resize_long: Sides = [192, 384]
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr_schedule: Literal["poly", "step"] = "poly"
-    lr_step_epochs: Steps
+    lr_step_epochs: Steps = [5, 10]
     lr: float = Field(1e-4, ge=0.0, le=10.0)   # backbone; new layers get lr * new_layer_lr_mult
     new_layer_lr_mult: float = Field(10.0, ge=0.0, le=1000.0)
     weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
     momentum: float = Field(0.9, ge=0.0, le=1.0)
     seed: int = Field(0, ge=0)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
-    precision: Precision
+    precision: Precision = "fp32"
     num_workers: int = Field(0, ge=0, le=64)
     ema_decay: float = Field(0.0, ge=0.0, le=0.9999)   # > 0: end with the moving average of the weights
 
@@ -113,12 +115,12 @@ class Localizer(Network):
     """A CAM-style network: backbone, output stride, the paper's extra convs."""
 
     extra_convs: int = Field(0, ge=0, le=8)
-    extra_channels: Annotated[int, Field(ge=1)]
+    extra_channels: Channels = 512
     extra_kernel: Literal[1, 3] = 3   # the paper's 3x3, or 1x1 (no new spatial mixing)
 
 
 class Aspp(Section):
-    aspp_channels: int = Field(128, ge=1)
+    aspp_channels: Channels = 128
     aspp_rates: Rates = [6, 12, 18]
 
 
@@ -160,14 +162,8 @@ class ContextPaste(Section):
 
 
 class Classifier(Localizer, Training):
-    extra_channels: Annotated[int, Field(ge=1)] = 512
     drs: Drs = Drs()
     context_paste: ContextPaste = ContextPaste()
-    freeze_blocks: FrozenBlocks = 2
-    epochs: Epochs = 15
-    resize_long: Sides = [192, 384]
-    lr_step_epochs: Steps = [5, 10]
-    precision: Precision = "fp32"
     limit: int = Field(0, ge=0)   # use only the first N training images (0 = all)
 
 
@@ -190,12 +186,9 @@ class Maps(Section):
 
 class Refiner(Localizer, Aspp, Training):
     head: LocalizerHead = "aspp"   # aspp: the segmenter's head; cam: 1x1 conv on the features
-    extra_channels: Annotated[int, Field(ge=1)] = 256
+    extra_channels: Channels = 256
     freeze_blocks: FrozenBlocks = 5
     epochs: Epochs = 8
-    resize_long: Sides = [192, 384]
-    lr_step_epochs: Steps = [5, 10]
-    precision: Precision = "fp32"
 
 
 class PseudoLabels(Section):
