@@ -269,6 +269,7 @@ def _schema_at(loc: tuple) -> Any:
 
 
 def _message(err: dict) -> str:
+    """One pydantic error as `dotted.key: what is wrong`."""
     loc, kind, value, ctx = err["loc"], err["type"], err["input"], err.get("ctx", {})
     if kind == "params" and ctx["field"]:
         loc += (ctx["field"],)
@@ -334,6 +335,7 @@ def _changed(params: dict, defaults: dict) -> dict:
 
 
 def _require_all(raw: dict, defaults: dict, prefix: str = "") -> None:
+    """Every key is in params.yaml, default or not: DVC tracks the stages' params there."""
     for key, default in defaults.items():
         if key not in raw and prefix + key != "profile":   # profile may be left out: cpu
             raise ParamsError(f"{prefix}{key}: missing")
