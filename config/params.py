@@ -1,17 +1,30 @@
 """Load and validate params.yaml.
 
-The schema below is the only place that knows what a key may hold; a bad key, type or value
-raises ParamsError naming the dotted key, before any stage does work.
+The pydantic models below, one per params.yaml section, are the only place that knows what a key
+may hold and its built-in default; a bad key, type or value raises ParamsError naming the dotted
+key, before any stage does work. Network and loss names are checked against the model registries.
+
+Precedence, lowest first:
+  1. the built-in defaults: the field defaults below, which are the shipped params.yaml (the CPU
+     settings; tests/test_params.py keeps the two equal);
+  2. the profile's overlay, profiles/<profile>.yaml (`profile: cpu` is empty);
+  3. the user's values: params.yaml leaves that differ from their built-in default;
+  4. `--set key=value` overrides (`load(path, overrides)`), always.
+So under `profile: paper` an edited `classifier.epochs` or `--set classifier.pretrained=false`
+wins, and keys left at their defaults take the profile's values. A params.yaml value equal to its
+default cannot be told from an untouched one: to force it under a profile, use --set. params.yaml
+must still list every key: DVC tracks the stages' params there.
 """
 from __future__ import annotations
 
 import copy
-import re
-from dataclasses import dataclass
+import functools
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Iterable, Literal, get_args, get_origin
 
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from stores.atomic import read_yaml
 
@@ -22,204 +35,265 @@ class ParamsError(ValueError):
     """A params.yaml problem; the message names the key."""
 
 
-@dataclass(frozen=True)
-class F:
-    """One leaf of the schema: a type, optional bounds or choices."""
-
-    kind: type | tuple
-    min: float | None = None
-    max: float | None = None
-    choices: tuple | None = None
-    pattern: str | None = None
-    item: "F | None" = None  # for lists
-    length: int | None = None  # exact list length
-
-    def check(self, key: str, value: Any) -> Any:
-        kinds = self.kind if isinstance(self.kind, tuple) else (self.kind,)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and bool not in kinds:
-            raise ParamsError(f"{key}: expected {_names(kinds)}, got a boolean ({value!r})")
-        if not isinstance(value, kinds):
-            raise ParamsError(f"{key}: expected {_names(kinds)}, got {type(value).__name__} ({value!r})")
-        if self.choices is not None and value not in self.choices:
-            raise ParamsError(f"{key}: {value!r} is not one of {list(self.choices)}")
-        if self.pattern is not None and not re.fullmatch(self.pattern, str(value)):
-            raise ParamsError(f"{key}: {value!r} does not match {self.pattern}")
-        if self.min is not None and value < self.min:
-            raise ParamsError(f"{key}: {value!r} is below the minimum {self.min}")
-        if self.max is not None and value > self.max:
-            raise ParamsError(f"{key}: {value!r} is above the maximum {self.max}")
-        if isinstance(value, list):
-            if self.length is not None and len(value) != self.length:
-                raise ParamsError(f"{key}: expected {self.length} items, got {len(value)}")
-            if self.item is not None:
-                value = [self.item.check(f"{key}[{i}]", v) for i, v in enumerate(value)]
-        return value
+def _invalid(msg: str, field: str | None = None) -> PydanticCustomError:
+    """An error with its own message; `field` names the key it is about, inside the model checked."""
+    return PydanticCustomError("params", "{msg}", {"msg": msg, "field": field})
 
 
-def _names(kinds) -> str:
-    return " or ".join(k.__name__ for k in kinds)
+def _registered(registry: str, exclude: tuple[str, ...] = ()):
+    """A name that models.registry.<registry> holds, checked at load rather than when built."""
+    def check(name: str) -> str:
+        from models import registry as regs  # importing `models` fills the registries (torch: lazily)
+        names = [n for n in getattr(regs, registry).names() if n not in exclude]
+        if name not in names:
+            raise _invalid(f"{name!r} is not one of {names}")
+        return name
+    return Annotated[str, AfterValidator(check)]
 
 
-POS_INT = F(int, min=1)
-PROB = F(float, min=0.0, max=1.0)
+def _ordered(pair: list[int]) -> list[int]:
+    if pair[0] > pair[1]:
+        raise _invalid("the first value must not exceed the second")
+    return pair
 
-# What every trained network's section holds: the optimisation budget and schedule.
-TRAINING = {
-    "freeze_bn": F(bool),
-    "freeze_blocks": F(int, min=0, max=1000),   # stem + first N backbone blocks not trained
-    "epochs": F(int, min=1, max=1000),
-    "batch_size": F(int, min=1, max=1024),
-    "crop_size": F(int, min=32, max=2048),
-    "resize_long": F(list, item=F(int, min=16, max=4096), length=2),
-    "optimizer": F(str, choices=("sgd", "adamw")),
-    "lr_schedule": F(str, choices=("poly", "step")),
-    "lr_step_epochs": F(list, item=F(int, min=1)),   # step schedule: lr x 0.1 at each
-    "lr": F(float, min=0.0, max=10.0),
-    "new_layer_lr_mult": F(float, min=0.0, max=1000.0),
-    "weight_decay": F(float, min=0.0, max=1.0),
-    "momentum": F(float, min=0.0, max=1.0),
-    "seed": F(int, min=0),
-    "device": F(str, pattern=r"auto|cpu|cuda(:[0-9]+)?"),
-    "precision": F(str, choices=("auto", "fp32", "bf16")),   # bf16: autocast; auto: bf16 where native (tasks/runtime.py)
-    "num_workers": F(int, min=0, max=64),
-    "ema_decay": F(float, min=0.0, max=0.9999),   # > 0: end with the moving average of the weights (trainer.py)
+
+Backbone = _registered("BACKBONES")
+LocalizerHead = _registered("LOCALIZERS")
+SegmenterHead = _registered("HEADS")
+SegmenterLoss = _registered("LOSSES", exclude=("multilabel_soft_margin",))   # that one is the classifier's
+Channels = Annotated[int, Field(ge=1)]
+Count = Annotated[int, Field(ge=1, le=100_000)]
+Epochs = Annotated[int, Field(ge=1, le=1000)]
+FrozenBlocks = Annotated[int, Field(ge=0, le=1000)]   # stem + first N backbone blocks not trained
+Precision = Literal["auto", "fp32", "bf16"]   # bf16: autocast; auto: bf16 where native (training/runtime.py)
+Prob = Annotated[float, Field(ge=0.0, le=1.0)]
+Rates = Annotated[list[Annotated[int, Field(ge=1, le=64)]], Field(min_length=1)]   # ASPP dilation rates
+Scales = Annotated[list[Annotated[float, Field(ge=0.1, le=4.0)]], Field(min_length=1)]
+Sides = Annotated[list[Annotated[int, Field(ge=16, le=4096)]], Field(min_length=2, max_length=2),
+                  AfterValidator(_ordered)]   # [lo, hi]: the long side resized to a random length in it
+Steps = list[Annotated[int, Field(ge=1)]]   # step schedule: lr x 0.1 at each of these epochs
+Weight = Annotated[float, Field(ge=0.0, le=1000.0)]
+
+
+class Section(BaseModel):
+    """Unknown keys rejected, no coercion (but an int may stand for a float), floats finite."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class Training(Section):
+    """What every trained network's section holds: the optimisation budget and schedule. Defaults:
+    the classifier's; the refiner and the segmenter override theirs."""
+
+    freeze_bn: bool = True
+    freeze_blocks: FrozenBlocks = 2
+    epochs: Epochs = 15
+    batch_size: int = Field(8, ge=1, le=1024)
+    crop_size: int = Field(256, ge=32, le=2048)
+    resize_long: Sides = [192, 384]
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr_schedule: Literal["poly", "step"] = "poly"
+    lr_step_epochs: Steps = [5, 10]
+    lr: float = Field(1e-4, ge=0.0, le=10.0)   # backbone; new layers get lr * new_layer_lr_mult
+    new_layer_lr_mult: float = Field(10.0, ge=0.0, le=1000.0)
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
+    momentum: float = Field(0.9, ge=0.0, le=1.0)
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
+    precision: Precision = "fp32"
+    num_workers: int = Field(0, ge=0, le=64)
+    ema_decay: float = Field(0.0, ge=0.0, le=0.9999)   # > 0: end with the moving average of the weights
+
+
+class Network(Section):
+    backbone: Backbone = "efficientnet_lite0"
+    pretrained: bool = True
+    output_stride: Literal[8, 16, 32] = 16
+
+
+class Localizer(Network):
+    """A CAM-style network: backbone, output stride, the paper's extra convs."""
+
+    extra_convs: int = Field(0, ge=0, le=8)
+    extra_channels: Channels = 512
+    extra_kernel: Literal[1, 3] = 3   # the paper's 3x3, or 1x1 (no new spatial mixing)
+
+
+class Aspp(Section):
+    aspp_channels: Channels = 128
+    aspp_rates: Rates = [6, 12, 18]
+
+
+class Crf(Section):
+    iterations: int = Field(10, ge=1, le=100)
+    gaussian_sxy: Weight = 3.0
+    gaussian_compat: Weight = 3.0
+    bilateral_sxy: Weight = 50.0
+    bilateral_srgb: Weight = 5.0
+    bilateral_compat: Weight = 10.0
+
+
+class Data(Section):
+    root: str = "data/demo"
+    train_split: str = Field("train", pattern=r"^[\w.-]+$")
+    val_split: str = Field("val", pattern=r"^[\w.-]+$")
+
+
+class Demo(Section):
+    seed: int = Field(0, ge=0)
+    n_train: int = Field(32, ge=2, le=100_000)
+    n_val: Count = 16
+    image_size: int = Field(256, ge=48, le=2048)
+
+
+class Drs(Section):
+    mode: Literal["none", "fixed", "learnable"] = "none"
+    delta: Prob = 0.55   # fixed mode: the clamp is delta * channel max
+    placement: list[Annotated[str, Field(pattern=r"^(extra|head|all|blocks:[1-9][0-9]*)$")]] = ["extra"]
+
+
+class ContextPaste(Section):
+    """localization/context_paste.py: objects cut by the classifier's own maps pasted onto other images."""
+
+    prob: Prob = 0.5                                   # chance an image gets an object (0: off)
+    start_epoch: int = Field(3, ge=0, le=1000)         # epochs of plain training first
+    mask_threshold: float = Field(0.5, ge=0.0, le=0.99)   # of the max-normalised map: the object's pixels
+    max_side: float = Field(0.6, ge=0.05, le=1.0)      # pasted boxes scaled to at most this of the image side
+
+
+class Classifier(Localizer, Training):
+    drs: Drs = Drs()
+    context_paste: ContextPaste = ContextPaste()
+    limit: int = Field(0, ge=0)   # use only the first N training images (0 = all)
+
+
+class Maps(Section):
+    scales: Scales = [0.5, 1.0, 1.5]
+    flip: bool = False
+    threshold_start: Prob = 0.05   # background-threshold sweep for the evaluation
+    threshold_stop: Prob = 0.95
+    threshold_step: float = Field(0.05, ge=0.001, le=0.5)
+    n_overlays: int = Field(6, ge=0, le=1000)
+    shard_size: Count = 256
+    precision: Precision = "auto"   # of the raw and the refined map export
+
+    @model_validator(mode="after")
+    def _sweep(self) -> Maps:
+        if self.threshold_start >= self.threshold_stop:
+            raise _invalid("must be below maps.threshold_stop", "threshold_start")
+        return self
+
+
+class Refiner(Localizer, Aspp, Training):
+    head: LocalizerHead = "aspp"   # aspp: the segmenter's head; cam: 1x1 conv on the features
+    extra_channels: Channels = 256
+    freeze_blocks: FrozenBlocks = 5
+    epochs: Epochs = 8
+
+
+class PseudoLabels(Section):
+    source: Literal["refined", "raw"] = "refined"   # which maps become labels
+    bg_threshold: Prob = 0.45
+    temperature: float = Field(0.1, ge=0.001, le=10.0)   # scores -> CRF probabilities: softmax(scores / t)
+    uncertain_margin: Prob = 0.05
+    saliency_dir: str = ""   # under data.root; empty: use bg_threshold
+    saliency_threshold: Prob = 0.5
+    claim_threshold: Prob = 0.5
+    crf: Crf = Crf()
+    workers: int = Field(0, ge=0, le=256)   # 0: all cores
+    shard_size: Count = 256
+    n_samples: int = Field(8, ge=0, le=1000)
+
+
+class SegmenterCrf(Crf):
+    # classes below min_prob everywhere are left out of the val CRF (labelling/crf.py, crf_argmax)
+    min_prob: float = Field(0.05, ge=0.0, le=0.5)
+
+
+class Segmenter(Network, Aspp, Training):
+    head: SegmenterHead = "aspp_plus"
+    low_level_stride: Literal[4, 8] = 8   # head aspp_plus: the backbone features it fuses
+    val_flip: bool = True
+    val_scales: Scales = [0.5, 0.75, 1.0, 1.25]   # inference scales, logits averaged
+    loss: SegmenterLoss = "cross_entropy"   # models/losses.py
+    loss_drop: float = Field(0.2, ge=0.0, le=0.9)   # small_loss_ce: fraction left out per class
+    loss_stride: Literal[1, 2, 4, 8] = 4   # loss on every Nth label pixel (training/segmentation.py, loss_grid)
+    init: Literal["imagenet", "refiner"] = "imagenet"   # refiner: warm start from artifacts/refiner.pt
+    freeze_blocks: FrozenBlocks = 3
+    epochs: Epochs = 14
+    resize_long: Sides = [256, 512]
+    lr_step_epochs: Steps = [10, 20]
+    precision: Precision = "auto"
+    crf: SegmenterCrf = SegmenterCrf()   # post-processing on val
+
+
+class Reference(Section):
+    enabled: bool = True
+    crf: bool = False   # also score it with CRF post-processing
+
+
+class Params(Section):
+    profile: str = Field("cpu", pattern=r"^[a-z0-9_]+$")
+    data: Data = Data()
+    demo: Demo = Demo()
+    classifier: Classifier = Classifier()
+    maps: Maps = Maps()
+    refiner: Refiner = Refiner()
+    pseudo_labels: PseudoLabels = PseudoLabels()
+    segmenter: Segmenter = Segmenter()
+    reference: Reference = Reference()
+
+
+DEFAULTS: dict = Params().model_dump()   # the built-in defaults: the shipped params.yaml
+
+# pydantic's error types, in the words of the messages the old validator gave.
+_TYPES = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool",
+          "list_type": "list", "model_type": "a mapping"}
+_MESSAGES = {
+    "greater_than_equal": "{value!r} is below the minimum {ge}",
+    "less_than_equal": "{value!r} is above the maximum {le}",
+    "string_pattern_mismatch": "{value!r} does not match {pattern}",
+    "too_short": "expected {min_length} items, got {actual_length}",
+    "too_long": "expected at most {max_length} items, got {actual_length}",
+    "finite_number": "must be a finite number",
 }
-# A CAM-style network: backbone, output stride, the paper's extra convs.
-LOCALIZER = {
-    "backbone": F(str),
-    "pretrained": F(bool),
-    "output_stride": F(int, choices=(8, 16, 32)),
-    "extra_convs": F(int, min=0, max=8),
-    "extra_channels": POS_INT,
-    "extra_kernel": F(int, choices=(1, 3)),   # the paper's 3x3, or 1x1 (no new spatial mixing)
-}
-CRF = {
-    "iterations": F(int, min=1, max=100),
-    "gaussian_sxy": F(float, min=0.0, max=1000.0),
-    "gaussian_compat": F(float, min=0.0, max=1000.0),
-    "bilateral_sxy": F(float, min=0.0, max=1000.0),
-    "bilateral_srgb": F(float, min=0.0, max=1000.0),
-    "bilateral_compat": F(float, min=0.0, max=1000.0),
-}
-SEGMENTER = {
-    "backbone": F(str),
-    "head": F(str),
-    "pretrained": F(bool),
-    "output_stride": F(int, choices=(8, 16, 32)),
-    "aspp_channels": POS_INT,
-    "aspp_rates": F(list, item=F(int, min=1, max=64)),
-    "low_level_stride": F(int, choices=(4, 8)),                 # head aspp_plus: the backbone features it fuses
-    "val_flip": F(bool),
-    "val_scales": F(list, item=F(float, min=0.1, max=4.0)),   # inference scales, logits averaged
-    "loss": F(str),                                             # models/losses.py: cross_entropy | small_loss_ce
-    "loss_drop": F(float, min=0.0, max=0.9),                    # small_loss_ce: fraction left out per class
-    "init": F(str, choices=("imagenet", "refiner")),            # refiner: warm start from artifacts/refiner.pt
-    "loss_stride": F(int, choices=(1, 2, 4, 8)),                # loss on every Nth label pixel (segmentation.loss_grid)
-    **TRAINING,
-}
-
-SCHEMA: dict = {
-    "profile": F(str, pattern=r"[a-z0-9_]+"),
-    "data": {
-        "root": F(str),
-        "train_split": F(str, pattern=r"[\w.-]+"),
-        "val_split": F(str, pattern=r"[\w.-]+"),
-    },
-    "demo": {
-        "seed": F(int, min=0),
-        "n_train": F(int, min=2, max=100000),
-        "n_val": F(int, min=1, max=100000),
-        "image_size": F(int, min=48, max=2048),
-    },
-    "classifier": {
-        **LOCALIZER,
-        "drs": {
-            "mode": F(str, choices=("none", "fixed", "learnable")),
-            "delta": F(float, min=0.0, max=1.0),
-            "placement": F(list, item=F(str, pattern=r"extra|head|all|blocks:[1-9][0-9]*")),
-        },
-        # tasks/context_paste.py: objects cut by the classifier's own maps pasted onto other images
-        "context_paste": {
-            "prob": PROB,                                 # chance an image gets an object (0: off)
-            "start_epoch": F(int, min=0, max=1000),       # epochs of plain training first
-            "mask_threshold": F(float, min=0.0, max=0.99),  # of the max-normalised map: the object's pixels
-            "max_side": F(float, min=0.05, max=1.0),      # pasted boxes scaled to at most this of the image side
-        },
-        **TRAINING,
-        "limit": F(int, min=0),
-    },
-    "maps": {
-        "scales": F(list, item=F(float, min=0.1, max=4.0)),
-        "flip": F(bool),
-        "threshold_start": PROB,
-        "threshold_stop": PROB,
-        "threshold_step": F(float, min=0.001, max=0.5),
-        "n_overlays": F(int, min=0, max=1000),
-        "shard_size": F(int, min=1, max=100000),
-        "precision": F(str, choices=("auto", "fp32", "bf16")),   # of the raw and the refined map export
-    },
-    "refiner": {
-        **LOCALIZER,
-        "head": F(str, choices=("cam", "aspp")),   # 1x1 conv on the features, or the segmenter's ASPP head
-        "aspp_channels": POS_INT,
-        "aspp_rates": F(list, item=F(int, min=1, max=64)),
-        **TRAINING,
-    },
-    "pseudo_labels": {
-        "source": F(str, choices=("refined", "raw")),  # which maps become labels
-        "bg_threshold": PROB,
-        "temperature": F(float, min=0.001, max=10.0),
-        "uncertain_margin": PROB,
-        "saliency_dir": F(str),            # under data.root; empty: use bg_threshold
-        "saliency_threshold": PROB,
-        "claim_threshold": PROB,
-        "crf": CRF,
-        "workers": F(int, min=0, max=256),  # 0: all cores
-        "shard_size": F(int, min=1, max=100000),
-        "n_samples": F(int, min=0, max=1000),
-    },
-    # min_prob: classes below it everywhere are left out of the val CRF (tasks/crf.py, crf_argmax)
-    "segmenter": {**SEGMENTER, "crf": {**CRF, "min_prob": F(float, min=0.0, max=0.5)}},
-    "reference": {"enabled": F(bool), "crf": F(bool)},   # crf: also score it with CRF post-processing
-}
-
-# Keys a file may leave out, with their defaults.
-DEFAULTS = {"profile": "cpu"}
 
 
-def _validate(node: Any, schema: Any, prefix: str) -> Any:
-    if isinstance(schema, F):
-        return schema.check(prefix, node)
-    if not isinstance(node, dict):
-        raise ParamsError(f"{prefix or 'params'}: expected a mapping, got {type(node).__name__}")
-    out = {}
-    for key, value in node.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if key not in schema:
-            known = ", ".join(sorted(schema))
-            raise ParamsError(f"{dotted}: unknown key (known here: {known})")
-        out[key] = _validate(value, schema[key], dotted)
-    for key in schema:
-        if key not in out:
-            dotted = f"{prefix}.{key}" if prefix else key
-            if dotted in DEFAULTS:
-                out[key] = DEFAULTS[dotted]
-            else:
-                raise ParamsError(f"{dotted}: missing")
-    return out
+def _schema_at(loc: tuple) -> Any:
+    """The model or type the schema holds at loc (a list index steps into the item type)."""
+    node = Params
+    for part in loc:
+        node = get_args(node)[0] if isinstance(part, int) else node.model_fields[part].annotation
+        node = get_args(node)[0] if get_origin(node) is Annotated else node
+    return node
 
 
-def _cross_checks(p: dict) -> None:
-    m = p["maps"]
-    if m["threshold_start"] >= m["threshold_stop"]:
-        raise ParamsError("maps.threshold_start: must be below maps.threshold_stop")
-    if not m["scales"]:
-        raise ParamsError("maps.scales: needs at least one scale")
-    lo, hi = p["classifier"]["resize_long"]
-    if lo > hi:
-        raise ParamsError("classifier.resize_long: the first value must not exceed the second")
+def _message(err: dict) -> str:
+    """One pydantic error as `dotted.key: what is wrong`."""
+    loc, kind, value, ctx = err["loc"], err["type"], err["input"], err.get("ctx", {})
+    if kind == "params" and ctx["field"]:
+        loc += (ctx["field"],)
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "params"
+    if kind == "extra_forbidden":
+        msg = f"unknown key (known here: {', '.join(sorted(_schema_at(loc[:-1]).model_fields))})"
+    elif kind in _TYPES:
+        got = "a boolean" if isinstance(value, bool) else type(value).__name__
+        msg = f"expected {_TYPES[kind]}, got {got} ({value!r})"
+    elif kind == "literal_error":
+        msg = f"{value!r} is not one of {list(get_args(_schema_at(loc)))}"
+    elif kind == "too_short" and ctx["actual_length"] == 0:
+        msg = "must not be empty"
+    else:
+        msg = _MESSAGES[kind].format(value=value, **ctx) if kind in _MESSAGES else err["msg"]
+    return f"{key}: {msg}"
+
+
+def _check(raw: Any) -> dict:
+    """Validated params as a plain dict of builtins (lists stay lists, floats are floats)."""
+    try:
+        return Params.model_validate(raw).model_dump()
+    except ValidationError as exc:
+        raise ParamsError("; ".join(_message(e) for e in exc.errors())) from None
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -248,23 +322,51 @@ def set_dotted(params: dict, assignment: str) -> dict:
     return out
 
 
-def validate(raw: dict) -> dict:
-    """Apply the profile overlay, then check every key; returns a new dict."""
+def _changed(params: dict, defaults: dict) -> dict:
+    """The leaves of (validated) params that differ from defaults."""
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            if sub := _changed(value, defaults[key]):
+                out[key] = sub
+        elif value != defaults[key]:
+            out[key] = value
+    return out
+
+
+def _require_all(raw: dict, defaults: dict, prefix: str = "") -> None:
+    """Every key is in params.yaml, default or not: DVC tracks the stages' params there."""
+    for key, default in defaults.items():
+        if key not in raw and prefix + key != "profile":   # profile may be left out: cpu
+            raise ParamsError(f"{prefix}{key}: missing")
+        if isinstance(default, dict):
+            _require_all(raw[key], default, f"{prefix}{key}.")
+
+
+def _overlay(profile: str) -> dict:
+    """profiles/<profile>.yaml, checked on its own so that its mistakes name the file."""
+    path = PROFILES_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        raise ParamsError(f"profile: no profile {profile!r} (looked for {path})")
+    overlay = read_yaml(path, ParamsError) or {}
+    try:
+        _check(deep_merge(DEFAULTS, overlay) if isinstance(overlay, dict) else overlay)
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
+    return overlay
+
+
+def validate(raw: dict, overrides: Iterable[str] = ()) -> dict:
+    """Check params.yaml's content with `key=value` overrides, apply the profile in the order the
+    module docstring gives, check the result; returns a new plain dict."""
     if not isinstance(raw, dict):
         raise ParamsError("params: expected a mapping at the top level")
-    profile = raw.get("profile", DEFAULTS["profile"])
-    if profile != "cpu":
-        path = PROFILES_DIR / f"{profile}.yaml"
-        if not path.is_file():
-            raise ParamsError(f"profile: no profile {profile!r} (looked for {path})")
-        raw = deep_merge(raw, yaml.safe_load(path.read_text()) or {})
-    params = _validate(raw, SCHEMA, "")
-    _cross_checks(params)
-    return params
+    over = functools.reduce(set_dotted, overrides, {})
+    given = _check(deep_merge(raw, over))   # the user's own values, before the profile is read
+    _require_all(deep_merge(raw, over), DEFAULTS)
+    explicit = deep_merge(_changed(given, DEFAULTS), over)
+    return _check(deep_merge(deep_merge(DEFAULTS, _overlay(given["profile"])), explicit))
 
 
 def load(path: str | Path = "params.yaml", overrides: list[str] | tuple = ()) -> dict:
-    raw = read_yaml(path, ParamsError)
-    for assignment in overrides:
-        raw = set_dotted(raw, assignment)
-    return validate(raw)
+    return validate(read_yaml(path, ParamsError), overrides)

@@ -1,10 +1,14 @@
 import copy
+import json
 
 import pytest
 import yaml
 
-from config.params import ParamsError, load, validate
+import config.params as config_params
+from config.params import DEFAULTS, PROFILES_DIR, ParamsError, load, validate
+from models.registry import BACKBONES, HEADS, LOCALIZERS, LOSSES
 from tests.conftest import REPO
+from tracking import lineage
 
 
 @pytest.fixture
@@ -59,3 +63,163 @@ def test_overrides_and_profile_overlay(tmp_path, raw):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ParamsError, match="not found"):
         load(tmp_path / "absent.yaml")
+
+
+def error(raw, *overrides) -> str:
+    with pytest.raises(ParamsError) as err:
+        validate(raw, overrides)
+    return str(err.value)
+
+
+def known(section: dict) -> str:
+    return ", ".join(sorted(section))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("classifier.drs.mode=x", "classifier.drs.mode: 'x' is not one of ['none', 'fixed', 'learnable']"),
+    ("classifier.output_stride=12", "classifier.output_stride: 12 is not one of [8, 16, 32]"),
+    ("classifier.device=gpu", "classifier.device: 'gpu' does not match ^(auto|cpu|cuda(:[0-9]+)?)$"),
+    ("classifier.drs=3", "classifier.drs: expected a mapping, got int (3)"),
+    ("maps.scales=[1.0, -1.0]", "maps.scales[1]: -1.0 is below the minimum 0.1"),
+])
+def test_messages_keep_the_dotted_key_style(raw, override, message):
+    assert error(raw, override) == message
+
+
+def test_unknown_keys_are_rejected_in_every_section(raw):
+    assert error(raw, "segmenter.nope=1") == f"segmenter.nope: unknown key (known here: {known(raw['segmenter'])})"
+    assert error(raw, "nope=1") == f"nope: unknown key (known here: {known(raw)})"
+    # min_prob belongs to the segmenter's CRF only
+    assert error(raw, "pseudo_labels.crf.min_prob=0.1") == (
+        f"pseudo_labels.crf.min_prob: unknown key (known here: {known(raw['pseudo_labels']['crf'])})")
+    del raw["maps"]["scales"]
+    assert error(raw) == "maps.scales: missing"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("classifier.lr=.nan", "classifier.lr: must be a finite number"),
+    ("segmenter.crf.min_prob=.inf", "segmenter.crf.min_prob: must be a finite number"),
+    ("maps.scales=[-.inf]", "maps.scales[0]: must be a finite number"),
+])
+def test_nan_and_inf_are_rejected(raw, override, message):
+    assert error(raw, override) == message
+
+
+def test_nan_is_rejected_from_python_and_from_yaml(raw, tmp_path):
+    raw["pseudo_labels"]["bg_threshold"] = float("nan")
+    assert error(raw) == "pseudo_labels.bg_threshold: must be a finite number"
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text().replace("lr: 0.0001   ", "lr: .nan     ", 1))
+    with pytest.raises(ParamsError) as err:
+        load(path)
+    assert str(err.value) == "classifier.lr: must be a finite number"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("classifier.backbone=resnet18", f"classifier.backbone: 'resnet18' is not one of {BACKBONES.names()}"),
+    ("refiner.backbone=x", f"refiner.backbone: 'x' is not one of {BACKBONES.names()}"),
+    ("segmenter.backbone=x", f"segmenter.backbone: 'x' is not one of {BACKBONES.names()}"),
+    ("refiner.head=aspp_plus", f"refiner.head: 'aspp_plus' is not one of {LOCALIZERS.names()}"),
+    ("segmenter.head=cam", f"segmenter.head: 'cam' is not one of {HEADS.names()}"),
+    ("segmenter.loss=multilabel_soft_margin",
+     "segmenter.loss: 'multilabel_soft_margin' is not one of ['cross_entropy', 'small_loss_ce']"),
+])
+def test_names_are_checked_against_the_registries_at_load(raw, override, message):
+    assert error(raw, override) == message
+
+
+def test_a_newly_registered_name_is_accepted(raw, monkeypatch):
+    monkeypatch.setitem(BACKBONES._items, "tiny_net", object)
+    assert validate(raw, ["classifier.backbone=tiny_net"])["classifier"]["backbone"] == "tiny_net"
+    assert set(LOSSES.names()) - {"multilabel_soft_margin"} == {"cross_entropy", "small_loss_ce"}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("classifier.resize_long=[400, 300]", "classifier.resize_long: the first value must not exceed the second"),
+    ("refiner.resize_long=[400, 300]", "refiner.resize_long: the first value must not exceed the second"),
+    ("segmenter.resize_long=[600, 500]", "segmenter.resize_long: the first value must not exceed the second"),
+    ("segmenter.resize_long=[500]", "segmenter.resize_long: expected 2 items, got 1"),
+    ("maps.scales=[]", "maps.scales: must not be empty"),
+    ("segmenter.val_scales=[]", "segmenter.val_scales: must not be empty"),
+    ("segmenter.aspp_rates=[]", "segmenter.aspp_rates: must not be empty"),
+    ("refiner.aspp_rates=[]", "refiner.aspp_rates: must not be empty"),
+    ("maps.threshold_start=0.95", "maps.threshold_start: must be below maps.threshold_stop"),
+])
+def test_cross_field_checks_in_every_section(raw, override, message):
+    assert error(raw, override) == message
+
+
+def test_shipped_params_yaml_equals_the_built_in_defaults(raw):
+    # The user's explicit values are the leaves that differ from these, so they must match the file.
+    assert raw == DEFAULTS
+    assert validate(raw) == DEFAULTS
+
+
+def write(tmp_path, raw) -> str:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def test_set_override_wins_over_the_profile(tmp_path, raw):
+    raw["profile"] = "paper"
+    params = load(write(tmp_path, raw), ["classifier.pretrained=false"])
+    assert params["classifier"]["pretrained"] is False
+    assert params["classifier"]["backbone"] == "vgg16"
+
+
+def test_set_override_equal_to_the_default_still_wins(tmp_path, raw):
+    raw["profile"] = "paper"
+    params = load(write(tmp_path, raw), ["classifier.backbone=efficientnet_lite0"])
+    assert params["classifier"]["backbone"] == "efficientnet_lite0"
+
+
+def test_an_edited_params_yaml_value_wins_over_the_profile(tmp_path, raw):
+    raw["profile"] = "paper"
+    raw["classifier"]["epochs"] = 4
+    params = load(write(tmp_path, raw))
+    assert params["classifier"]["epochs"] == 4
+    assert validate(raw)["classifier"]["epochs"] == 4   # the dict form (dvc_commands.check_overrides)
+
+
+def test_the_profile_changes_keys_left_at_their_defaults(raw):
+    raw["profile"] = "paper"
+    params = validate(raw)
+    assert params["classifier"]["backbone"] == "vgg16"
+    assert params["classifier"]["drs"] == {"mode": "learnable", "delta": 0.55, "placement": ["all"]}
+    assert params["maps"]["scales"] == [0.5, 1.0, 1.5, 2.0]
+    assert params["segmenter"] == DEFAULTS["segmenter"]   # paper.yaml leaves it alone
+
+
+def test_profile_errors_name_the_profile(raw, tmp_path, monkeypatch):
+    assert error(raw, "profile=x") == f"profile: no profile 'x' (looked for {PROFILES_DIR / 'x.yaml'})"
+    assert error(raw, "profile=../x") == "profile: '../x' does not match ^[a-z0-9_]+$"
+    monkeypatch.setattr(config_params, "PROFILES_DIR", tmp_path)
+    (tmp_path / "bad.yaml").write_text("classifier:\n  epocs: 3\n")
+    assert error(raw, "profile=bad") == (
+        f"{tmp_path / 'bad.yaml'}: classifier.epocs: unknown key (known here: {known(raw['classifier'])})")
+
+
+def test_values_are_plain_builtins(raw):
+    raw["classifier"]["lr"] = 1
+    params = validate(raw)
+    assert type(params["classifier"]["lr"]) is float
+    assert type(params["pseudo_labels"]["crf"]["gaussian_sxy"]) is float   # written as 3 in params.yaml
+    assert type(params["classifier"]["resize_long"]) is list
+
+    def kinds(node):
+        if isinstance(node, dict):
+            return {type(node)}.union(*(kinds(v) for v in node.values()))
+        if isinstance(node, list):
+            return {type(node)}.union(*(kinds(v) for v in node))
+        return {type(node)}
+    assert kinds(params) <= {dict, list, str, int, float, bool}
+    assert json.loads(json.dumps(params)) == params
+
+
+def test_every_stage_depends_on_the_files_it_imports():
+    # config imports models (the registries), so every stage's deps must cover models too.
+    spec = lineage.read_yaml(REPO / "dvc.yaml")["stages"]
+    params = load(REPO / "params.yaml")
+    assert "models/registry.py" in lineage.import_closure(lineage.stage_entry("demo"), REPO)
+    assert {s: lineage.uncovered_imports(spec[s], s, params, REPO) for s in spec} == {s: [] for s in spec}
