@@ -1,27 +1,24 @@
 """Write the packed pseudo labels as VOC palette PNGs (255 = uncertain shows white).
 
-    python -m commands.label_pngs OUT_DIR [--labels artifacts/pseudo_labels]
+    python -m commands label-pngs OUT_DIR [--labels artifacts/pseudo_labels] [--overwrite]
+
+OUT_DIR gets one PNG per image and the manifest that commands/outputs.py keeps; it is replaced
+whole, atomically, and only where that loses no one's files.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
+from commands import outputs
 from stores import labelstore
-from config import paths
+
+COMMAND = "label-pngs"
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m commands.label_pngs", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("out_dir", type=Path)
-    ap.add_argument("--labels", type=Path, default=paths.PSEUDO_LABELS)
-    args = ap.parse_args(argv)
-    n = labelstore.export_pngs(args.labels, args.out_dir)
-    print(f"{n} label PNGs -> {args.out_dir}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def export(labels_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> int:
+    """labelstore.export_pngs into `out_dir`, refusing to lose files (commands.outputs)."""
+    labels_dir = Path(labels_dir)
+    if not labels_dir.is_dir():
+        raise FileNotFoundError(f"labels folder {labels_dir} not found (run the pseudo_labels stage first)")
+    with outputs.replacing(out_dir, COMMAND, [labels_dir], overwrite) as tmp:
+        return labelstore.export_pngs(labels_dir, tmp)

@@ -5,23 +5,23 @@ in the DVC cache and the default remote. Rolling back restores dvc.lock, params.
 uncached metrics/plots of that commit and runs `dvc checkout`, so the labels are bit-identical
 and carry the params that made them; `dvc repro` then retrains whatever is downstream.
 
-    python -m commands.versions list [--json]
-    python -m commands.versions diff A B          # A, B: version number (3 or v3), tag or commit
-    python -m commands.versions rollback V [--force]
-    python -m commands.versions record [-m MESSAGE]
-    python -m commands.versions setup-remote
+    python -m commands versions list [--json]
+    python -m commands versions diff A B [--json]  # A, B: version number (3 or v3), tag or commit
+    python -m commands versions rollback V [--force]
+    python -m commands versions record [-m MESSAGE] [--no-push]
+    python -m commands versions setup-remote
+
+(the command line is commands/cli.py; this module holds the functions it calls.)
 
 The tracked output is the first of LABEL_OUTPUTS that a dvc.yaml stage declares (the pseudo-label
-stage's output once it exists; the CAM maps until then); `--output PATH` or WSSS_LABEL_OUTPUTS
+stage's output once it exists; the CAM maps until then); `versions --output PATH` or WSSS_LABEL_OUTPUTS
 (os.pathsep-separated) choose another.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -219,7 +219,7 @@ def rollback(repo, v: Version, force: bool = False, log=print, found: list[Versi
             problems.append(f"{out} in the workspace ({current}) is not a recorded version")
     if problems and not force:
         raise VersionError("rolling back would lose work: " + "; ".join(problems) +
-                           "\nrecord it first (python -m commands.versions record) or pass --force")
+                           "\nrecord it first (python -m commands versions record) or pass --force")
     files = [*VERSIONED_FILES, *_uncached_at(repo, v.commit)]
     gitdvc.git(repo, "checkout", v.commit, "--", *files)
     log(f"restored {', '.join(files)} from {v.name} ({v.commit[:10]})")
@@ -285,48 +285,3 @@ def _metrics_at_workspace(repo: Path) -> tuple[dict | None, str | None]:
             except ValueError:
                 continue
     return None, None
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m commands.versions", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repo", default=".")
-    parser.add_argument("--output", action="append", help="the versioned DVC output (repeatable)")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p_list = sub.add_parser("list", help="versions with mIoU, date and the params that differ")
-    p_list.add_argument("--json", action="store_true")
-    p_diff = sub.add_parser("diff", help="params, mIoU and hashes of two versions")
-    p_diff.add_argument("a")
-    p_diff.add_argument("b")
-    p_diff.add_argument("--json", action="store_true")
-    p_back = sub.add_parser("rollback", help="restore a version's labels, params and metrics")
-    p_back.add_argument("version")
-    p_back.add_argument("--force", action="store_true", help="discard uncommitted dvc.lock/params.yaml and unrecorded labels")
-    p_rec = sub.add_parser("record", help="commit + tag the current labels if they changed; dvc push")
-    p_rec.add_argument("-m", "--message")
-    p_rec.add_argument("--no-push", action="store_true")
-    sub.add_parser("setup-remote", help="a local default DVC remote in .dvc-remote (config.local)")
-    args = parser.parse_args(argv)
-    try:
-        if args.cmd == "setup-remote":
-            print(f"default DVC remote: {gitdvc.ensure_local_remote(args.repo)}")
-            return 0
-        if args.cmd == "record":
-            record(args.repo, args.message, args.output, push=not args.no_push)
-            return 0
-        found = versions(args.repo, args.output)
-        if args.cmd == "list":
-            print(json.dumps([asdict(v) for v in found], indent=2) if args.json else format_list(found))
-        elif args.cmd == "diff":
-            d = diff(args.repo, resolve(args.repo, args.a, found), resolve(args.repo, args.b, found))
-            print(json.dumps(d, indent=2) if args.json else format_diff(d))
-        elif args.cmd == "rollback":
-            rollback(args.repo, resolve(args.repo, args.version, found), force=args.force, found=found)
-        return 0
-    except (VersionError, gitdvc.CommandError, lineage.LineageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,8 @@
-"""`python -m flows serve|run|versions ...`: the orchestration commands in one place."""
+"""`python -m flows serve|run|versions ...`: the orchestration commands in one place.
+
+`versions ...` forwards to `python -m commands versions ...` (commands/cli.py), the one command line
+of the user commands; it stays here so old scripts keep working.
+"""
 from __future__ import annotations
 
 import sys
@@ -14,8 +18,8 @@ def main(argv: list[str]) -> int:
         from flows.serve import main as serve_main
         return serve_main(rest)
     if cmd == "versions":
-        from commands.versions import main as versions_main
-        return versions_main(rest)
+        from commands.cli import main as commands_main
+        return commands_main(["versions", *rest])
     if cmd == "run":
         import json
 

@@ -119,16 +119,18 @@ def test_cli_lists_and_refuses_unknown_or_unsafe_rollback(label_repo):
     versions.record(repo, log=lambda _: None)
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "commands.versions", "--repo", str(repo), *args],
+        return subprocess.run([sys.executable, "-m", "commands", "versions", "--repo", str(repo), *args],
                               capture_output=True, text=True)
 
     listed = cli("list")
     assert listed.returncode == 0 and "v1" in listed.stdout and "labels-v1" in listed.stdout
     assert json.loads(cli("list", "--json").stdout)[0]["tags"] == ["labels-v1"]
     unknown = cli("rollback", "v7")
-    assert unknown.returncode == 1 and "'v7' is not a pseudo-label version (versions: v1)" in unknown.stderr
+    assert unknown.returncode == 2  # a user error: one line, no traceback
+    assert unknown.stderr == "error: 'v7' is not a pseudo-label version (versions: v1)\n"
     set_seed(repo, 5)  # an uncommitted params change would be lost
     unsafe = cli("rollback", "v1")
-    assert unsafe.returncode == 1 and "params.yaml" in unsafe.stderr and "--force" in unsafe.stderr
+    assert unsafe.returncode == 2 and unsafe.stderr.startswith("error: rolling back would lose work")
+    assert "params.yaml" in unsafe.stderr and "--force" in unsafe.stderr and "Traceback" not in unsafe.stderr
     assert cli("rollback", "v1", "--force").returncode == 0
     assert yaml.safe_load((repo / "params.yaml").read_text()) == {"labels": {"seed": 1}}

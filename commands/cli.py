@@ -1,0 +1,185 @@
+"""The user commands beside the stages, one command line: `python -m commands --help`.
+
+    python -m commands predict IN_DIR OUT_DIR [--checkpoint P] [--crf] [--params F] [--overwrite]
+    python -m commands label-pngs OUT_DIR [--labels DIR] [--overwrite]
+    python -m commands versions [--repo R] [--output PATH ...] list [--json]
+    python -m commands versions diff A B [--json]
+    python -m commands versions rollback V [--force]
+    python -m commands versions record [-m MESSAGE] [--no-push]
+    python -m commands versions setup-remote
+
+Only the glue lives here: parsing, messages and exit codes. The work is done by
+commands.predict.predict_folder, commands.label_pngs.export (stores.labelstore.export_pngs),
+commands.versions and commands.outputs. Exit codes: 0 done; 2 a user error (missing input, a
+refused output folder, a bad version ref, a bad command line), printed as one `error: ...` line
+on stderr (a rollback refusal adds the files it would lose); 1 a git or dvc command failed.
+Heavy modules (torch) are imported by the commands that need them, so `--help` is quick.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from config import paths
+
+PROG = "python -m commands"
+
+app = typer.Typer(help="User commands beside the pipeline stages: segment new images, export the pseudo "
+                       "labels as PNGs, pseudo-label versions.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+versions_app = typer.Typer(help="Pseudo-label versions: list, diff, rollback, record (docs/orchestration.md).",
+                           no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(versions_app, name="versions")
+
+
+def fail(message: str, code: int = 2):
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors(*kinds: type[BaseException], code: int = 2):
+    """Turn the listed exceptions into `error: message` and exit `code`; anything else is a bug."""
+    try:
+        yield
+    except kinds as exc:
+        fail(str(exc).strip() or type(exc).__name__, code)
+
+
+@app.command()
+def predict(
+    in_dir: Annotated[Path, typer.Argument(help="folder of images (jpg, jpeg, png, bmp, webp)")],
+    out_dir: Annotated[Path, typer.Argument(help="output folder: labels/, overlays/, classes.txt")],
+    checkpoint: Annotated[Path, typer.Option(help="the trained segmenter")] = paths.SEGMENTER,
+    crf: Annotated[bool, typer.Option("--crf", help="dense-CRF post-processing (segmenter.crf params)")] = False,
+    params: Annotated[Path, typer.Option(help="params.yaml: segmenter.device, .precision, .crf")] = Path("params.yaml"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace OUT_DIR even if it holds files "
+                                                                "this command did not write")] = False,
+):
+    """Segment a folder of new images with the trained segmenter: palette PNGs and overlays."""
+    from commands.outputs import OutputError
+    from commands.predict import ImageError, input_images, predict_folder
+    from config.params import ParamsError, load
+
+    with user_errors(FileNotFoundError, NotADirectoryError, OutputError, ImageError, ParamsError):
+        input_images(in_dir)  # a missing input fails before params and the model load
+        seg = load(params)["segmenter"]
+        n = predict_folder(in_dir, out_dir, checkpoint, seg["device"], crf, seg["crf"], seg["precision"],
+                           overwrite=overwrite)
+    typer.echo(f"{n} images -> {out_dir}/labels (palette PNGs) and {out_dir}/overlays")
+
+
+@app.command("label-pngs")
+def label_pngs(
+    out_dir: Annotated[Path, typer.Argument(help="output folder: one palette PNG per image")],
+    labels: Annotated[Path, typer.Option(help="the packed pseudo labels")] = paths.PSEUDO_LABELS,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace OUT_DIR even if it holds files "
+                                                                "this command did not write")] = False,
+):
+    """Write the packed pseudo labels as VOC palette PNGs (255 = uncertain shows white)."""
+    from commands.label_pngs import export
+    from commands.outputs import OutputError
+
+    with user_errors(FileNotFoundError, NotADirectoryError, OutputError):
+        n = export(labels, out_dir, overwrite=overwrite)
+    typer.echo(f"{n} label PNGs -> {out_dir}")
+
+
+@contextlib.contextmanager
+def _versions_errors():
+    from commands import gitdvc, versions
+    from tracking import lineage
+
+    with user_errors(gitdvc.CommandError, code=1), user_errors(versions.VersionError, lineage.LineageError):
+        yield
+
+
+@versions_app.callback()
+def versions_options(
+    ctx: typer.Context,
+    repo: Annotated[Path, typer.Option(help="the repository")] = Path("."),
+    output: Annotated[Optional[list[str]], typer.Option(
+        help="the versioned DVC output (repeatable; default: the pseudo-label stage's)")] = None,
+):
+    """Pseudo-label versions: list, diff, rollback, record."""
+    ctx.obj = {"repo": repo, "output": output or None}
+
+
+@versions_app.command("list")
+def versions_list(ctx: typer.Context,
+                  as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False):
+    """Versions with mIoU, date and the params that differ."""
+    from dataclasses import asdict
+
+    from commands import versions
+
+    with _versions_errors():
+        found = versions.versions(ctx.obj["repo"], ctx.obj["output"])
+    typer.echo(json.dumps([asdict(v) for v in found], indent=2) if as_json else versions.format_list(found))
+
+
+@versions_app.command("diff")
+def versions_diff(ctx: typer.Context,
+                  a: Annotated[str, typer.Argument(help="version number (3 or v3), tag or commit")],
+                  b: Annotated[str, typer.Argument(help="version number (3 or v3), tag or commit")],
+                  as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False):
+    """Params, mIoU, per-class IoU and hashes of two versions."""
+    from commands import versions
+
+    repo = ctx.obj["repo"]
+    with _versions_errors():
+        found = versions.versions(repo, ctx.obj["output"])
+        d = versions.diff(repo, versions.resolve(repo, a, found), versions.resolve(repo, b, found))
+    typer.echo(json.dumps(d, indent=2) if as_json else versions.format_diff(d))
+
+
+@versions_app.command("rollback")
+def versions_rollback(ctx: typer.Context,
+                      version: Annotated[str, typer.Argument(help="version number (3 or v3), tag or commit")],
+                      force: Annotated[bool, typer.Option(
+                          "--force", help="discard uncommitted dvc.lock/params.yaml and unrecorded labels")] = False):
+    """Restore a version's labels (bit-identical), params and metrics; then `dvc repro`."""
+    from commands import versions
+
+    repo = ctx.obj["repo"]
+    with _versions_errors():
+        found = versions.versions(repo, ctx.obj["output"])
+        versions.rollback(repo, versions.resolve(repo, version, found), force=force, found=found)
+
+
+@versions_app.command("record")
+def versions_record(ctx: typer.Context,
+                    message: Annotated[Optional[str], typer.Option("-m", "--message", help="commit message")] = None,
+                    no_push: Annotated[bool, typer.Option("--no-push", help="do not dvc push")] = False):
+    """Commit + tag the current labels if they changed since HEAD; dvc push."""
+    from commands import versions
+
+    with _versions_errors():
+        versions.record(ctx.obj["repo"], message, ctx.obj["output"], push=not no_push)
+
+
+@versions_app.command("setup-remote")
+def versions_setup_remote(ctx: typer.Context):
+    """A local default DVC remote in .dvc-remote (configured in .dvc/config.local)."""
+    from commands import gitdvc
+
+    with _versions_errors():
+        typer.echo(f"default DVC remote: {gitdvc.ensure_local_remote(ctx.obj['repo'])}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the app on `argv` (default: sys.argv[1:]); returns the exit code instead of exiting."""
+    try:
+        app(args=argv, prog_name=PROG)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
