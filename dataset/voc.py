@@ -6,11 +6,17 @@
     root/tags.csv                          (optional: `id,name name ...` for images without masks)
     root/classes.txt                       (optional: one name per line, background first; VOC's 21 by default)
 
-Image-level tags come from the mask when there is one, else from tags.csv.
+Image-level tags come from the mask when there is one, else from tags.csv (an image with a mask
+may also have a tags.csv line; the mask wins). Every image of a training split needs at least one
+object class: image-level-tag WSSS learns nothing from an image without one.
 """
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -104,52 +110,112 @@ def tags_from_mask(mask: np.ndarray) -> list[int]:
 
 
 def read_tags_file(root: str | Path, classes: list[str]) -> dict[str, list[int]]:
+    return {image_id: tags for image_id, (_, tags) in _read_tags_lines(root, classes).items()}
+
+
+def _read_tags_lines(root: str | Path, classes: list[str]) -> dict[str, tuple[int, list[int]]]:
+    """{id: (line number, tags)} from root/tags.csv; an id listed twice is an error."""
     path = Path(root) / "tags.csv"
     if not path.exists():
         return {}
     index = {name: i for i, name in enumerate(classes)}
-    tags: dict[str, list[int]] = {}
+    tags: dict[str, tuple[int, list[int]]] = {}
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip() or line.startswith("#") or line.lower().startswith("id,"):
             continue
         image_id, _, names = line.partition(",")
+        image_id = image_id.strip()
+        if image_id in tags:
+            raise DataError(f"{path}:{lineno}: image {image_id!r} is listed again (first at line {tags[image_id][0]})")
         unknown = [n for n in names.split() if n not in index or index[n] == 0]
         if unknown:
             raise DataError(f"{path}:{lineno}: image {image_id!r} has unknown class {unknown[0]!r}")
-        tags[image_id.strip()] = sorted({index[n] for n in names.split()})
+        tags[image_id] = (lineno, sorted({index[n] for n in names.split()}))
     return tags
 
 
-def scan(root: str | Path, splits: list[str]) -> tuple[pa.Table, list[str]]:
-    """The manifest of the given splits: one row per (image, split), checked for readability."""
+# Images from which scan decodes over worker processes; fewer are decoded in this process. A VOC
+# JPEG decodes in about 1.3 ms of CPU, a spawned worker starts (imports) in about 0.5 s: on 2 cores
+# the pool breaks even near 1000 images, sooner on more (benchmarks/manifest_decode.py: 591 images
+# on 2 busy cores, CPU seconds of the stage 1.95 verify-only, 2.80 decoding in process, 3.43 over
+# 2 workers).
+PARALLEL_FROM = 1000
+
+
+def _read_entry(root: Path, n_classes: int, item: tuple[str, str]):
+    """(width, height, the mask's tags or None) for one (split, id), its image decoded in full, or
+    the DataError that describes what is wrong (returned, so the caller reports in split order)."""
+    split, image_id = item
+    path = image_path(root, image_id)
+    try:
+        with Image.open(path) as img:
+            img.convert("RGB")  # decodes every pixel, as training will: a truncated JPEG fails here
+            width, height = img.size
+    except FileNotFoundError:
+        return DataError(f"image {image_id!r} (split {split}): {path} not found")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        return DataError(f"image {image_id!r}: {path} is not a readable image ({exc})")
+    try:
+        mask = load_mask(root, image_id, n_classes)
+    except DataError as exc:
+        return exc
+    if mask is None:
+        return width, height, None
+    if mask.shape != (height, width):
+        return DataError(f"mask {image_id!r}: size {mask.shape[::-1]} differs from the image's {(width, height)}")
+    return width, height, tags_from_mask(mask)
+
+
+def _read_entries(root: Path, n_classes: int, items: list[tuple[str, str]], workers: int | None) -> list:
+    """_read_entry for each item, in order; over `workers` processes (None: one per usable core,
+    in this process for fewer than PARALLEL_FROM images)."""
+    read = partial(_read_entry, root, n_classes)
+    if workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = cores if len(items) >= PARALLEL_FROM else 1
+    workers = min(workers, len(items))
+    if workers <= 1:
+        return [read(item) for item in items]
+    chunksize = max(1, min(32, len(items) // (4 * workers)))
+    # spawn: safe in a process that already runs threads (torch, Prefect); map keeps the order
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(read, items, chunksize=chunksize))
+
+
+def scan(root: str | Path, splits: list[str], allow_no_objects: tuple[str, ...] | list[str] = (),
+         workers: int | None = None) -> tuple[pa.Table, list[str]]:
+    """The manifest of the given splits: one row per (image, split), every image decoded in full.
+
+    Each image needs at least one object class, except in the splits named in `allow_no_objects`
+    (splits that are only scored, where an image of background alone is a fair test). `workers`:
+    processes that decode (None: one per usable core from PARALLEL_FROM images on, else this
+    process alone); the manifest is the same for any number.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data.root {str(root)!r} is not a directory")
     classes = read_classes(root)
-    file_tags = read_tags_file(root, classes)
+    file_tags = _read_tags_lines(root, classes)
+    tags_path = root / "tags.csv"
+    items = [(split, image_id) for split in splits for image_id in read_split(root, split)]
     rows = {name: [] for name in MANIFEST_SCHEMA.names}
-    for split in splits:
-        for image_id in read_split(root, split):
-            path = image_path(root, image_id)
-            try:
-                with Image.open(path) as img:
-                    img.verify()
-                    width, height = img.size
-            except FileNotFoundError:
-                raise DataError(f"image {image_id!r} (split {split}): {path} not found") from None
-            except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-                raise DataError(f"image {image_id!r}: {path} is not a readable image ({exc})") from None
-            mask = load_mask(root, image_id, len(classes))
-            if mask is not None:
-                if mask.shape != (height, width):
-                    raise DataError(f"mask {image_id!r}: size {mask.shape[::-1]} differs from the image's {(width, height)}")
-                tags = tags_from_mask(mask)
-            elif image_id in file_tags:
-                tags = file_tags[image_id]
-            else:
-                raise DataError(f"image {image_id!r}: no mask in SegmentationClass/ and no line in tags.csv")
-            for key, value in zip(MANIFEST_SCHEMA.names, (image_id, split, width, height, tags, mask is not None)):
-                rows[key].append(value)
+    for (split, image_id), entry in zip(items, _read_entries(root, len(classes), items, workers)):
+        if isinstance(entry, DataError):
+            raise entry
+        width, height, tags = entry
+        has_mask = tags is not None
+        if has_mask:
+            empty = f"its mask {mask_path(root, image_id)} has only background"
+        elif image_id in file_tags:
+            lineno, tags = file_tags[image_id]
+            empty = f"{tags_path} line {lineno} lists none"
+        else:
+            raise DataError(f"image {image_id!r}: no mask in SegmentationClass/ and no line in tags.csv")
+        if not tags and split not in allow_no_objects:
+            raise DataError(f"image {image_id!r} (split {split}): no object class ({empty}); "
+                            "every training image needs at least one")
+        for key, value in zip(MANIFEST_SCHEMA.names, (image_id, split, width, height, tags, has_mask)):
+            rows[key].append(value)
     table = pa.table(rows, schema=MANIFEST_SCHEMA)
     meta = {"classes": json.dumps(classes), "root": str(root)}
     return table.replace_schema_metadata(meta), classes

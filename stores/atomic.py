@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -13,17 +15,47 @@ import yaml
 import pyarrow.parquet as pq
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove what an atomic_path of `path` killed mid-write (SIGKILL, power loss) left behind:
+    sibling folders `.NAME.XXXX` (tempfile's alphabet) holding nothing but NAME and NAME.old (the
+    previous version, moved aside while a directory is replaced). A folder that another process is
+    writing right now is locked (see atomic_path) and left alone; nothing else is touched."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]+")
+    for candidate in path.parent.iterdir():
+        if not pattern.fullmatch(candidate.name) or candidate.is_symlink() or not candidate.is_dir():
+            continue
+        try:
+            if not {p.name for p in candidate.iterdir()} <= {path.name, path.name + ".old"}:
+                continue
+            fd = os.open(candidate, os.O_RDONLY)
+        except OSError:  # gone meanwhile, or unreadable: not ours to judge
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live writer holds it
+            continue
+        else:
+            shutil.rmtree(candidate, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary sibling path; rename it onto `path` only if the block succeeds.
 
     Works for files and directories. A directory that already exists at `path` is replaced only
-    after the new one is complete.
+    after the new one is complete. Temporary folders of `path` left by a killed writer are removed
+    first. The temporary folder is locked while in use (flock, released by the kernel when the
+    process dies), so a concurrent writer of the same path never removes a live one.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    lock = os.open(tmp.parent, os.O_RDONLY)
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         yield tmp
         if path.is_dir() and not path.is_symlink():
             old = tmp.parent / (path.name + ".old")
@@ -33,6 +65,7 @@ def atomic_path(path: str | Path):
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
+        os.close(lock)
 
 
 def write_json(obj, path: str | Path) -> None:

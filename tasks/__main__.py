@@ -30,6 +30,18 @@ def run_stage(name: str, params: dict) -> dict:
         return importlib.import_module(f"tasks.{name}").main(params)
 
 
+def missing_input(exc: FileNotFoundError, stage: str) -> str:
+    """The error, plus which upstream stage makes the missing file (dvc.yaml's outs) when one does."""
+    text = str(exc)
+    if " " not in text:  # pyarrow says only the path
+        text += " not found"
+    dvc_yaml = lineage.read_yaml(DVC_YAML)
+    for name in stages():
+        if name != stage and any(out in text for out in lineage.stage_outputs(lineage.stage_spec(dvc_yaml, name))):
+            return f"{text} (stage {name} makes it: python -m tasks {name}, or dvc repro {stage})"
+    return f"{text} (if an upstream stage makes it: dvc repro {stage})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__)
     parser.add_argument("stage", choices=stages())
@@ -42,7 +54,20 @@ def main(argv: list[str] | None = None) -> int:
     except ParamsError as exc:
         print(f"params error: {exc}", file=sys.stderr)
         return 2
-    result = run_stage(args.stage, params)
+    try:
+        result = run_stage(args.stage, params)
+    except FileNotFoundError as exc:
+        print(f"missing input: {missing_input(exc, args.stage)}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        # dataset.voc.DataError, looked up rather than imported: importing dataset.voc here would put
+        # dataset/ and scoring/ in every stage's import closure, so in its dvc.yaml deps. A DataError
+        # can only have been raised once dataset.voc is loaded.
+        voc = sys.modules.get("dataset.voc")
+        if voc is None or not isinstance(exc, voc.DataError):
+            raise
+        print(f"data error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}, indent=None))
     return 0
 

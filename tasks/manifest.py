@@ -12,7 +12,9 @@ from tracking.outputs import write_stage_outputs
 def main(params: dict) -> dict:
     cfg = params["data"]
     splits = list(dict.fromkeys([cfg["train_split"], cfg["val_split"]]))
-    table, classes = voc.scan(cfg["root"], splits)
+    # val images are only scored: one of background alone is allowed there, not in training
+    scored_only = [cfg["val_split"]] if cfg["val_split"] != cfg["train_split"] else []
+    table, classes = voc.scan(cfg["root"], splits, allow_no_objects=scored_only)
     write_parquet(table, paths.MANIFEST)
     rows = table.to_pylist()
     stats = {

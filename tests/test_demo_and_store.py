@@ -4,6 +4,7 @@ import pytest
 from dataset import demo
 from dataset import voc
 from stores import mapstore
+from stores.atomic import atomic_path, write_json
 from scoring.sweep import ThresholdSweep, maps_to_labels
 
 
@@ -45,6 +46,40 @@ def test_mapstore_roundtrip_and_atomic_replace(tmp_path):
     with pytest.raises(RuntimeError):
         mapstore.write(broken(), tmp_path / "maps", shard_size=2)
     assert len(list(mapstore.read(tmp_path / "maps"))) == 5  # the complete old version is intact
+
+
+def test_atomic_write_removes_what_a_killed_writer_of_that_path_left(tmp_path):
+    leftover = tmp_path / ".classifier.json.abc123"  # SIGKILL mid-write
+    leftover.mkdir()
+    (leftover / "classifier.json").write_text("{half")
+    replaced = tmp_path / ".maps.x7_k2q9a"  # killed between the two renames of a directory replace
+    (replaced / "maps").mkdir(parents=True)
+    (replaced / "maps.old").mkdir()
+    keep = {tmp_path / ".other" / "classifier.json": "x",  # not a temporary of classifier.json
+            tmp_path / ".classifier.json.mine" / "notes.txt": "x",  # holds something atomic_path never writes
+            tmp_path / ".classifier.json.old.abc" / "classifier.json": "x",  # '.' is not in tempfile's names
+            tmp_path / ".classifier.jsonx.abc123" / "classifier.jsonx": "x",
+            tmp_path / ".classifier.json.file": "a file, not a folder"}
+    for path, text in keep.items():
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+
+    write_json({"ok": 1}, tmp_path / "classifier.json")
+    assert not leftover.exists() and replaced.exists()  # only temporaries of the path being written
+    with atomic_path(tmp_path / "maps") as tmp:
+        tmp.mkdir()
+    assert not replaced.exists()
+    assert all(path.read_text() == text for path, text in keep.items())
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".classifier", ".maps"))) == [
+        ".classifier.json.file", ".classifier.json.mine", ".classifier.json.old.abc", ".classifier.jsonx.abc123"]
+
+
+def test_atomic_write_leaves_a_live_writers_temporary_alone(tmp_path):
+    with atomic_path(tmp_path / "a.json") as first:
+        first.write_text("1")
+        write_json(2, tmp_path / "a.json")  # another writer of the same path meanwhile
+        assert first.exists()
+    assert (tmp_path / "a.json").read_text() == "1"
 
 
 def test_threshold_sweep_finds_the_separating_threshold():

@@ -1,9 +1,11 @@
 import copy
+import math
 
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from training.trainer import WeightAverage, fit
+from training.trainer import NonFiniteLoss, WeightAverage, fit
 
 CFG = {"freeze_blocks": 0, "freeze_bn": True, "epochs": 2, "optimizer": "sgd", "lr_schedule": "poly",
        "lr_step_epochs": [1], "lr": 0.1, "new_layer_lr_mult": 1.0, "weight_decay": 0.0, "momentum": 0.0,
@@ -73,3 +75,29 @@ def test_fit_with_ema_ends_with_the_moving_average_of_the_step_weights():
     assert not torch.allclose(got["head.weight"], steps[-1]["head.weight"])  # not simply the last step
     for k, v in expected.items():
         assert torch.allclose(got[k], v, atol=1e-6), k
+
+
+def test_non_finite_loss_stops_before_the_step_and_nothing_is_saved(tmp_path):
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(12, 3), torch.randn(12, 1))  # 3 steps an epoch
+    calls = []
+
+    def batch_loss(model, batch):
+        calls.append(weights(model))
+        loss = torch.nn.functional.mse_loss(model(batch[0]), batch[1])
+        return loss * math.nan if len(calls) == 3 else loss
+
+    model = Toy()
+    checkpoint = tmp_path / "classifier.pt"
+
+    def stage():  # as the stages do: save only after fit returns
+        fit(model, DataLoader(data, batch_size=4), {**CFG, "ema_decay": 0.0}, torch.device("cpu"), batch_loss,
+            "train classifier")
+        torch.save(model.state_dict(), checkpoint)
+
+    with pytest.raises(NonFiniteLoss, match=r"^train classifier: loss is nan at epoch 1/2, step 3/3 \(step 3 of 6\)"):
+        stage()
+    assert not checkpoint.exists()
+    after = weights(model)
+    assert all(torch.equal(after[k], calls[2][k]) for k in after)  # the NaN step changed nothing
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())

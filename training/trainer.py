@@ -5,6 +5,7 @@ the loop is the same for the classifier, the refiner and the segmenter.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -16,6 +17,10 @@ from tqdm import tqdm
 from models.backbones import freeze_prefix
 from tracking import runs as tracking
 from training.runtime import autocast, place, scheduled_lr
+
+
+class NonFiniteLoss(RuntimeError):
+    """A training step's loss is NaN or infinite: fit stops before the optimiser applies it."""
 
 
 def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
@@ -70,6 +75,8 @@ def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
     """Train for cfg['epochs']; returns one dict per epoch (loss, seconds, plus epoch_stats()).
 
     cfg['ema_decay'] > 0: the model ends with the moving average of its weights (WeightAverage).
+    A NaN or infinite loss raises NonFiniteLoss before that step changes any weight; stages save
+    after fit returns, so nothing is written.
     """
     freeze_prefix(model.backbone, cfg["freeze_blocks"])
     opt = make_optimizer(model, cfg)
@@ -77,28 +84,36 @@ def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
     place(model, device)
     average = WeightAverage(model, cfg["ema_decay"]) if cfg.get("ema_decay", 0.0) > 0 else None
     bar = tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True)
-    for epoch in range(cfg["epochs"]):
-        set_train_mode(model, cfg["freeze_bn"])
-        losses, start = [], time.perf_counter()
-        for batch in loader:
-            for group in opt.param_groups:
-                group["lr"] = scheduled_lr(group["base_lr"], cfg, step, total, epoch)
-            with autocast(device, cfg["precision"]):
-                loss = batch_loss(model, [place(t, device) for t in batch])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if average:
-                average.update()
-            losses.append(loss.item())
-            step += 1
-            bar.update()
-            bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.4f}")
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - start,
-                  **(epoch_stats() if epoch_stats else {})}
-        history.append(record)
-        tracking.log_metrics({k: v for k, v in record.items() if v is not None and k != "epoch"}, step=epoch + 1)
-    bar.close()
+    try:
+        for epoch in range(cfg["epochs"]):
+            set_train_mode(model, cfg["freeze_bn"])
+            losses, start = [], time.perf_counter()
+            for batch_index, batch in enumerate(loader):
+                for group in opt.param_groups:
+                    group["lr"] = scheduled_lr(group["base_lr"], cfg, step, total, epoch)
+                with autocast(device, cfg["precision"]):
+                    loss = batch_loss(model, [place(t, device) for t in batch])
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise NonFiniteLoss(
+                        f"{desc}: loss is {value} at epoch {epoch + 1}/{cfg['epochs']}, step {batch_index + 1}/"
+                        f"{len(loader)} (step {step + 1} of {total}); stopped before it changed the weights "
+                        "(a lower learning rate may help)")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if average:
+                    average.update()
+                losses.append(value)
+                step += 1
+                bar.update()
+                bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.4f}")
+            record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - start,
+                      **(epoch_stats() if epoch_stats else {})}
+            history.append(record)
+            tracking.log_metrics({k: v for k, v in record.items() if v is not None and k != "epoch"}, step=epoch + 1)
+    finally:
+        bar.close()
     if average:
         average.copy_to(model)
     return history
