@@ -96,6 +96,19 @@ def test_a_stage_outside_a_flow_gets_its_own_run_and_failure_is_recorded(toy_rep
     assert run.info.status == "FAILED" and "mlflow.parentRunId" not in run.data.tags
 
 
+def test_charts_of_a_class_without_an_iou_reach_mlflow(toy_repo):
+    """summary() writes None for a class in neither ground truth nor prediction: both charts still come."""
+    with tracking.stage_run("toy", PARAMS):
+        (toy_repo / "metrics").mkdir()
+        (toy_repo / "metrics/toy.json").write_text(json.dumps({
+            "per_class_iou": {"background": 80.0, "cat": None, "dog": 3.0},
+            "confusion_matrix": [[5, 1, 0], [0, 0, 0], [1, 0, 2]], "classes": ["background", "cat", "dog"]}))
+    c = tracking.client()
+    (run,) = c.search_runs([c.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+    assert {a.path for a in c.list_artifacts(run.info.run_id, "charts")} == {
+        "charts/toy_per_class_iou.png", "charts/toy_confusion_matrix.png"}
+
+
 def test_broken_tracking_store_never_breaks_a_stage(toy_repo, monkeypatch, capfd):
     # a file where the store's directory should be: sqlite cannot open it
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{toy_repo / 'src.txt' / 'mlflow.db'}")

@@ -266,15 +266,18 @@ class _StageRun:
                 data = json.loads(path.read_text())
             except ValueError:
                 continue
+            if not isinstance(data, dict):
+                continue
             with tempfile.TemporaryDirectory() as tmp:
+                # each chart on its own: one that cannot be drawn costs only itself
                 if isinstance(data.get("per_class_iou"), dict) and data["per_class_iou"]:
-                    png = charts.per_class_iou_chart(data["per_class_iou"], Path(tmp) / f"{path.stem}_per_class_iou.png",
-                                                     f"{self.stage}: per-class IoU ({path.name})")
-                    self.log_artifact(png, "charts")
+                    _guard(f"per-class IoU chart of {path.name}", lambda: self.log_artifact(charts.per_class_iou_chart(
+                        data["per_class_iou"], Path(tmp) / f"{path.stem}_per_class_iou.png",
+                        f"{self.stage}: per-class IoU ({path.name})"), "charts"))
                 if data.get("confusion_matrix"):
-                    png = charts.confusion_matrix_chart(data["confusion_matrix"], data.get("classes"),
-                                                        Path(tmp) / f"{path.stem}_confusion_matrix.png")
-                    self.log_artifact(png, "charts")
+                    _guard(f"confusion matrix chart of {path.name}", lambda: self.log_artifact(charts.confusion_matrix_chart(
+                        data["confusion_matrix"], data.get("classes"), Path(tmp) / f"{path.stem}_confusion_matrix.png",
+                        f"{self.stage}: confusion matrix ({path.name})"), "charts"))
 
     def finish(self, ok: bool) -> None:
         self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
