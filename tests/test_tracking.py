@@ -2,6 +2,11 @@
 metrics, charts; and a broken store never breaks a stage."""
 import hashlib
 import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -91,6 +96,19 @@ def test_a_stage_outside_a_flow_gets_its_own_run_and_failure_is_recorded(toy_rep
     assert run.info.status == "FAILED" and "mlflow.parentRunId" not in run.data.tags
 
 
+def test_charts_of_a_class_without_an_iou_reach_mlflow(toy_repo):
+    """summary() writes None for a class in neither ground truth nor prediction: both charts still come."""
+    with tracking.stage_run("toy", PARAMS):
+        (toy_repo / "metrics").mkdir()
+        (toy_repo / "metrics/toy.json").write_text(json.dumps({
+            "per_class_iou": {"background": 80.0, "cat": None, "dog": 3.0},
+            "confusion_matrix": [[5, 1, 0], [0, 0, 0], [1, 0, 2]], "classes": ["background", "cat", "dog"]}))
+    c = tracking.client()
+    (run,) = c.search_runs([c.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+    assert {a.path for a in c.list_artifacts(run.info.run_id, "charts")} == {
+        "charts/toy_per_class_iou.png", "charts/toy_confusion_matrix.png"}
+
+
 def test_broken_tracking_store_never_breaks_a_stage(toy_repo, monkeypatch, capfd):
     # a file where the store's directory should be: sqlite cannot open it
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{toy_repo / 'src.txt' / 'mlflow.db'}")
@@ -122,3 +140,131 @@ def test_dep_hashes_never_raise(tmp_path, monkeypatch):
     assert lineage.dep_hashes(spec, {}, lock) == {
         "a.txt": hashlib.md5(b"a").hexdigest(), "gone.txt": "missing", "${vars_only.x}": "unresolved",
         "up.bin": "0" * 32}
+
+
+# --- one parent per `dvc repro` ---------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+STAGE_CODE = """
+import sys
+from tracking import runs
+with runs.stage_run(sys.argv[1], {PARAMS!r}):
+    runs.log_metrics({{"loss": 1.0}}, step=1)
+    if sys.argv[2] == "fail":
+        raise SystemExit("stage failed")
+""".format(PARAMS=PARAMS)
+
+
+def _fake_dvc(bin_dir: Path) -> Path:
+    """An executable named `dvc` (a #!python script, like the real one in the venv) that runs each
+    argument after `repro` as a stage command in a shell, the way `dvc repro` runs dvc.yaml's cmd
+    (and, like --keep-going, goes on after a failed stage)."""
+    bin_dir.mkdir()
+    dvc = bin_dir / "dvc"
+    dvc.write_text(f"#!{sys.executable}\nimport subprocess, sys\n"
+                   "sys.exit(max(subprocess.run(['sh', '-c', c]).returncode for c in sys.argv[2:]))\n")
+    dvc.chmod(0o755)
+    return dvc
+
+
+def _runs_by_parent(c):
+    exp = c.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    runs = c.search_runs([exp])
+    parents = {r.info.run_id: r for r in runs if r.data.tags.get("kind") == "pipeline"}
+    children = {}
+    for r in runs:
+        if r.info.run_id not in parents:
+            children.setdefault(r.data.tags.get("mlflow.parentRunId"), []).append(r)
+    return parents, children
+
+
+def test_stage_runs_under_one_dvc_repro_share_one_parent(toy_repo, tmp_path):
+    """Real processes: stage commands in a shell under a process named dvc, as under `dvc repro`;
+    the grouping of several repros and of stages outside dvc is test_dvc_grouping_logic's."""
+    dvc = _fake_dvc(tmp_path / "bin")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WSSS_TRACKING": "on"}
+    env.pop(tracking.PARENT_ENV, None)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], cwd=toy_repo, check=True)
+    subprocess.run(git + ["add", "-A"], cwd=toy_repo, check=True)
+    subprocess.run(git + ["commit", "-qm", "toy"], cwd=toy_repo, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=toy_repo, capture_output=True, text=True).stdout.strip()
+
+    def stage(name, outcome="ok"):
+        return f"{shlex.quote(sys.executable)} -c {shlex.quote(STAGE_CODE)} {name} {outcome}"
+
+    repro = subprocess.run([str(dvc), "repro", stage("one"), stage("two", "fail")], cwd=toy_repo,
+                           env=env, capture_output=True, text=True)
+    assert repro.returncode != 0 and "stage failed" in repro.stderr, repro.stderr
+
+    c = tracking.client()
+    parents, children = _runs_by_parent(c)
+    (parent,) = parents.values()
+    assert None not in children  # no stray top-level stage run
+    stages = children[parent.info.run_id]
+    assert {r.info.run_name: r.info.status for r in stages} == {"one": "FINISHED", "two": "FAILED"}
+    assert parent.info.run_name == "pipeline (dvc repro)" and parent.info.status == "FAILED"
+    assert parent.info.end_time >= max(r.info.end_time for r in stages)
+    assert parent.data.tags[tracking.GROUP_TAG].split(":")[1].isdigit()  # <host>:<dvc pid>:<start>
+    assert parent.data.tags["dvc.command"].startswith("dvc repro ")
+    assert parent.data.tags["git.commit"] == head == stages[0].data.tags["git.commit"]
+
+
+def test_dvc_grouping_logic(toy_repo, monkeypatch, capfd):
+    chain = {"now": []}
+    monkeypatch.setattr(tracking, "_ancestors", lambda: iter(chain["now"]))
+    shell = (11, 1.0, ["/bin/sh", "-c", "python -m tasks toy"])
+    repro_a = [shell, (10, 100.0, ["/v/bin/python", "/v/bin/dvc", "repro"]), (9, 1.0, ["make", "run"])]
+    repro_b = [shell, (10, 200.0, ["python3", "-m", "dvc", "exp", "run"])]  # pid reused, another start
+    c = tracking.client()
+
+    chain["now"] = repro_a
+    with tracking.stage_run("toy", PARAMS):
+        pass
+    with tracking.stage_run("toy", PARAMS):
+        (parent,) = [r for r in c.search_runs([c.get_experiment_by_name(tracking.EXPERIMENT).experiment_id])
+                     if r.data.tags.get("kind") == "pipeline"]
+        assert c.get_run(parent.info.run_id).info.status == "RUNNING"  # while a stage runs
+    chain["now"] = repro_b
+    with pytest.raises(RuntimeError):
+        with tracking.stage_run("toy", PARAMS):
+            raise RuntimeError("stage crashed")
+    with tracking.stage_run("toy", PARAMS):  # `--keep-going`: a later stage does not clear FAILED
+        pass
+    chain["now"] = [shell, (9, 1.0, ["make", "run"])]
+    with tracking.stage_run("toy", PARAMS):
+        pass
+
+    parents, children = _runs_by_parent(c)
+    assert {p.info.run_name: p.info.status for p in parents.values()} == {
+        "pipeline (dvc repro)": "FINISHED", "pipeline (dvc exp run)": "FAILED"}
+    for p in parents.values():
+        assert len(children[p.info.run_id]) == 2
+        assert p.data.tags[tracking.GROUP_TAG].endswith((":10:100.00", ":10:200.00"))
+        assert p.data.tags["kind"] == "pipeline"
+    assert len(children[None]) == 1  # no dvc above: top-level
+
+    # a failing process lookup costs the grouping, never the stage
+    def broken():
+        raise OSError("no /proc")
+        yield
+
+    monkeypatch.setattr(tracking, "_ancestors", broken)
+    ran = []
+    with tracking.stage_run("toy", PARAMS):
+        ran.append(True)
+    assert ran and "grouping stage 'toy'" in capfd.readouterr().err
+    assert len(_runs_by_parent(c)[1][None]) == 2
+
+
+@pytest.mark.parametrize("cmdline, args", [
+    (["dvc", "repro"], ["repro"]),
+    (["/w/.venv/bin/python", "/w/.venv/bin/dvc", "repro", "-f"], ["repro", "-f"]),
+    (["/usr/bin/python3.11", "-m", "dvc", "exp", "run"], ["exp", "run"]),
+    (["/bin/sh", "-c", "dvc repro"], None),
+    (["python", "-m", "tasks", "demo"], None),
+    (["python"], None),
+    ([], None),
+])
+def test_dvc_command_lines(cmdline, args):
+    assert tracking._dvc_args(cmdline) == args

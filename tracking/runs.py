@@ -4,10 +4,18 @@
 curves and final figures) and `log_artifact` (images, charts). Outside a stage run these are
 no-ops, so the pure cores never depend on a tracking server.
 
-One MLflow run per stage run. A Prefect flow creates a parent run and hands its id to the stage
-processes in WSSS_MLFLOW_PARENT_RUN_ID, so the stage runs become its children; a plain
-`dvc repro` gives each stage a top-level run. The store is SQLite (`mlflow.db` in the working
-directory, i.e. the repository root) unless MLFLOW_TRACKING_URI says otherwise.
+One MLflow run per stage run, grouped under one parent run per pipeline run:
+- a Prefect flow creates the parent and hands its id to the stage processes in
+  WSSS_MLFLOW_PARENT_RUN_ID (the flow sets the parent's status when it ends);
+- without that variable, a stage run under `dvc repro` / `dvc exp run` (`make run`) finds the
+  nearest `dvc` process above it and groups by `<host>:<dvc pid>:<dvc start time>` (tag
+  wsss.group): the first stage of that dvc command creates the parent (run name
+  "pipeline (dvc repro)"), later ones find it by the tag. Each stage end sets the parent's status
+  and end time (FINISHED, or FAILED for good once a stage failed); a stage start sets RUNNING.
+  Stages DVC skips as unchanged leave no child; a dvc command that runs none leaves no parent.
+- `python -m tasks STAGE` outside DVC and Prefect stays a top-level run.
+The store is SQLite (`mlflow.db` in the working directory, i.e. the repository root) unless
+MLFLOW_TRACKING_URI says otherwise.
 
 Tracking never breaks a stage: any MLflow failure becomes one warning on stderr, and the stage
 goes on untracked. mlflow is imported only when a stage run starts (it costs ~1 s).
@@ -17,11 +25,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import socket
 import sys
 import tempfile
 from pathlib import Path
 
 PARENT_ENV = "WSSS_MLFLOW_PARENT_RUN_ID"
+GROUP_TAG = "wsss.group"                # on a parent run made for one `dvc` command
 DISABLE_ENV = "WSSS_TRACKING"          # "off" disables tracking (unit tests of stage cores)
 EXPERIMENT = "wsss-drs"
 _MAX_PARAM = 6000                       # MLflow's limit on a param value
@@ -89,6 +100,91 @@ def end_parent(run_id: str | None, ok: bool, metrics: dict | None = None) -> Non
         _warn("end of the parent run", exc)
 
 
+def _dvc_args(cmdline: list[str]) -> list[str] | None:
+    """The arguments after `dvc` if this command line runs DVC (`dvc ...`, a `#!python` script
+    named dvc, `python -m dvc ...`), else None."""
+    names = [os.path.basename(a).lower() for a in cmdline[:2]]
+    if names and names[0] in ("dvc", "dvc.exe"):
+        return cmdline[1:]
+    if len(names) == 2 and names[0].startswith("python"):
+        if names[1] in ("dvc", "dvc.exe", "dvc-script.py"):
+            return cmdline[2:]
+        if cmdline[1:3] == ["-m", "dvc"]:
+            return cmdline[3:]
+    return None
+
+
+def _ancestors():
+    """(pid, start time in s since the epoch, command line) of each process above this one, nearest
+    first: psutil where installed, else Linux's /proc; nothing where neither works."""
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        for proc in psutil.Process().parents():
+            try:
+                yield proc.pid, proc.create_time(), proc.cmdline()
+            except psutil.Error:
+                continue
+        return
+    try:
+        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        ticks = os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError):
+        return
+    pid = os.getppid()
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 (state)
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, ValueError):
+            return
+        yield pid, boot + int(fields[19]) / ticks, [a for a in cmdline if a]
+        pid = int(fields[1])
+
+
+def dvc_ancestor() -> dict | None:
+    """The nearest `dvc` process this process runs under (a stage under `dvc repro` runs in a shell
+    under it): {"group": "<host>:<pid>:<start time>", "command": "dvc repro ..."}, or None."""
+    for pid, started, cmdline in _ancestors():
+        args = _dvc_args(cmdline)
+        if args is not None:
+            host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
+            return {"group": f"{host}:{pid}:{started:.2f}", "command": " ".join(["dvc", *args])}
+    return None
+
+
+def _pipeline_name(command: str) -> str:
+    words = command.split()
+    sub = " ".join(words[1:3]) if words[1:2] == ["exp"] else " ".join(words[1:2])
+    return f"pipeline ({' '.join(['dvc', sub]).strip()})"
+
+
+def group_parent(mlflow_client, exp: str, ancestor: dict, tags: dict | None = None) -> str:
+    """The parent run of the stage runs under one dvc command: found by its wsss.group tag, or
+    created by the first stage. Should two stages create it at once, the earliest one stays."""
+    query = f"tags.`{GROUP_TAG}` = '{ancestor['group']}'"
+
+    def existing():
+        runs = mlflow_client.search_runs([exp], filter_string=query, max_results=50)
+        return sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+
+    found = existing()
+    if found:
+        return found[0].info.run_id
+    mine = mlflow_client.create_run(exp, run_name=_pipeline_name(ancestor["command"]), tags={
+        "kind": "pipeline", GROUP_TAG: ancestor["group"], "dvc.command": ancestor["command"][:5000],
+        **(tags or {})}).info.run_id
+    winner = (existing() or [None])[0]
+    if winner is not None and winner.info.run_id != mine:
+        mlflow_client.delete_run(mine)
+        return winner.info.run_id
+    return mine
+
+
 class _StageRun:
     def __init__(self, stage: str, params: dict):
         from mlflow.entities import Param
@@ -111,11 +207,23 @@ class _StageRun:
             tags["git.commit"], tags["git.dirty"] = commit[0], str(commit[1]).lower()
         for dep, md5 in lineage.dep_hashes(spec, params, lock).items():
             tags[f"dvc.dep.{dep}"] = md5
+        self.group_parent = None  # the parent this stage run keeps the status of (dvc grouping)
         if parent:
-            tags["mlflow.parentRunId"] = parent
             exp = self.client.get_run(parent).info.experiment_id
         else:
             exp = experiment_id(self.client)
+            try:
+                ancestor = dvc_ancestor()
+                if ancestor is not None:
+                    git = {k: v for k, v in tags.items() if k.startswith("git.")}
+                    parent = self.group_parent = group_parent(self.client, exp, ancestor, git)
+                    if self.client.get_run(parent).info.status != "FAILED":
+                        self.client.update_run(parent, "RUNNING")
+            except Exception as exc:
+                _warn(f"grouping stage {stage!r} under its dvc command's parent run", exc)
+                parent = self.group_parent = None
+        if parent:
+            tags["mlflow.parentRunId"] = parent
         self.run_id = self.client.create_run(exp, run_name=stage, tags=tags).info.run_id
         keys = lineage.stage_param_keys(spec) if spec else list(params)
         flat = lineage.select(params, keys)
@@ -158,18 +266,27 @@ class _StageRun:
                 data = json.loads(path.read_text())
             except ValueError:
                 continue
+            if not isinstance(data, dict):
+                continue
             with tempfile.TemporaryDirectory() as tmp:
+                # each chart on its own: one that cannot be drawn costs only itself
                 if isinstance(data.get("per_class_iou"), dict) and data["per_class_iou"]:
-                    png = charts.per_class_iou_chart(data["per_class_iou"], Path(tmp) / f"{path.stem}_per_class_iou.png",
-                                                     f"{self.stage}: per-class IoU ({path.name})")
-                    self.log_artifact(png, "charts")
+                    _guard(f"per-class IoU chart of {path.name}", lambda: self.log_artifact(charts.per_class_iou_chart(
+                        data["per_class_iou"], Path(tmp) / f"{path.stem}_per_class_iou.png",
+                        f"{self.stage}: per-class IoU ({path.name})"), "charts"))
                 if data.get("confusion_matrix"):
-                    png = charts.confusion_matrix_chart(data["confusion_matrix"], data.get("classes"),
-                                                        Path(tmp) / f"{path.stem}_confusion_matrix.png")
-                    self.log_artifact(png, "charts")
+                    _guard(f"confusion matrix chart of {path.name}", lambda: self.log_artifact(charts.confusion_matrix_chart(
+                        data["confusion_matrix"], data.get("classes"), Path(tmp) / f"{path.stem}_confusion_matrix.png",
+                        f"{self.stage}: confusion matrix ({path.name})"), "charts"))
 
     def finish(self, ok: bool) -> None:
         self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+
+    def finish_parent(self, ok: bool) -> None:
+        """The dvc group's parent ends with this stage, for now: FAILED once any stage failed."""
+        if self.group_parent:
+            failed = not ok or self.client.get_run(self.group_parent).info.status == "FAILED"
+            self.client.set_terminated(self.group_parent, "FAILED" if failed else "FINISHED")
 
 
 @contextlib.contextmanager
@@ -191,6 +308,7 @@ def stage_run(stage: str, params: dict):
             if ok:
                 _guard("logging stage outputs", run.log_outputs)
             _guard("end of the stage run", run.finish, ok)
+            _guard("update of the pipeline's parent run", run.finish_parent, ok)
 
 
 def _guard(what: str, fn, *args) -> None:
