@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup run test test-fast ablation clean-outputs server serve mlflow-ui versions versions-diff rollback record-version
+.PHONY: setup browser run test test-fast ablation clean-outputs server serve mlflow-ui versions versions-diff rollback record-version
 
 # The venv, then a local default DVC remote (.dvc-remote/, set in .dvc/config.local).
 setup: $(VENV)/.installed
@@ -27,7 +27,18 @@ run: setup
 	dvc repro
 	$(PY) -m commands versions record
 
-test: setup
+# The browser test (tests/test_ui_browser.py) drives the Prefect UI in Debian's chromium, never a
+# browser downloaded by Playwright; install it when it is missing (apt-get; sudo when not root).
+# Present means what the test accepts: $(CHROMIUM) or a chromium on PATH.
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@if [ -x $(CHROMIUM) ] || command -v chromium >/dev/null; then echo "chromium present"; else \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
+
+test: setup browser
 	$(PY) -m pytest
 
 test-fast: setup
