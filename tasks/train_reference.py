@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataset import voc
 from config import paths
-from stores.atomic import atomic_path, write_json
+from stores.atomic import atomic_path
+from tracking.outputs import write_stage_outputs
 from training.segmentation import train_and_score
 
 
@@ -37,10 +38,5 @@ def _disabled() -> dict:
     with atomic_path(paths.REPORTS / "reference") as tmp:
         tmp.mkdir()
         (tmp / "README.txt").write_text(note)
-    with atomic_path(paths.PLOTS / "reference_train.csv") as tmp:
-        tmp.write_text("epoch,loss,seconds\n")
-    with atomic_path(paths.PLOTS / "reference_per_class.csv") as tmp:
-        tmp.write_text("class,iou\n")
-    metrics = {"enabled": False}
-    write_json(metrics, paths.METRICS / "reference.json")
-    return metrics
+    return write_stage_outputs("reference", {"enabled": False},
+                               plots={"reference_train.csv": "epoch,loss,seconds\n", "reference_per_class.csv": "class,iou\n"})
