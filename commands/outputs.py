@@ -20,13 +20,12 @@ own earlier output replaces it, and a folder that also holds a user's file is le
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from stores.atomic import atomic_path
+from stores.atomic import atomic_path, file_digest
 
 MANIFEST = ".wsss-output.json"
 
@@ -41,16 +40,8 @@ def file_hashes(folder: Path) -> dict[str, str]:
     for path in sorted(Path(folder).rglob("*")):
         rel = path.relative_to(folder).as_posix()
         if rel != MANIFEST and path.is_file() and not path.is_symlink():
-            out[rel] = _sha256(path)
+            out[rel] = file_digest(path, "sha256")
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_manifest(out_dir: Path) -> dict | None:
@@ -86,7 +77,7 @@ def foreign_entries(out_dir: str | Path, command: str) -> list[str]:
             elif path.is_dir():
                 if rel not in expected_dirs:
                     foreign.append(rel)
-            elif rel not in written or _sha256(path) != written[rel]:
+            elif rel not in written or file_digest(path, "sha256") != written[rel]:
                 foreign.append(rel)
     return sorted(foreign)
 

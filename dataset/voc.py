@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, UnidentifiedImageError
 
+from config.errors import StageError
 from scoring.metrics import IGNORE
 
 VOC_CLASSES = [
@@ -42,8 +43,10 @@ MANIFEST_SCHEMA = pa.schema([
 ])
 
 
-class DataError(ValueError):
+class DataError(StageError, ValueError):
     """A dataset problem; the message names the file or id."""
+
+    kind = "data error"
 
 
 def read_classes(root: str | Path) -> list[str]:

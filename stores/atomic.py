@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -92,3 +93,12 @@ def read_yaml(path: str | Path, error: type[Exception] = ValueError):
         raise error(f"{path}: not found") from None
     except yaml.YAMLError as exc:
         raise error(f"{path}: not valid YAML: {exc}") from None
+
+
+def file_digest(path: str | Path, algorithm: str = "md5") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB blocks (md5: DVC's hashes; sha256: output manifests)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from config.errors import StageError
 from config.params import ParamsError, load
 from tracking import lineage
 from tracking import runs as tracking
@@ -59,14 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"missing input: {missing_input(exc, args.stage)}", file=sys.stderr)
         return 2
-    except ValueError as exc:
-        # dataset.voc.DataError, looked up rather than imported: importing dataset.voc here would put
-        # dataset/ and scoring/ in every stage's import closure, so in its dvc.yaml deps. A DataError
-        # can only have been raised once dataset.voc is loaded.
-        voc = sys.modules.get("dataset.voc")
-        if voc is None or not isinstance(exc, voc.DataError):
-            raise
-        print(f"data error: {exc}", file=sys.stderr)
+    except StageError as exc:  # bad data, a diverged run: the user's to fix, said on one line
+        print(f"{exc.kind}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}, indent=None))
     return 0

@@ -101,3 +101,15 @@ def test_non_finite_loss_stops_before_the_step_and_nothing_is_saved(tmp_path):
     after = weights(model)
     assert all(torch.equal(after[k], calls[2][k]) for k in after)  # the NaN step changed nothing
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+
+
+def test_cli_reports_a_diverged_run_on_one_line(monkeypatch, capsys):
+    import tasks.__main__ as cli
+    from training.trainer import NonFiniteLoss
+
+    def diverge(name, params):
+        raise NonFiniteLoss("train classifier: loss is nan at epoch 1/2, step 3/3")
+
+    monkeypatch.setattr(cli, "run_stage", diverge)
+    assert cli.main(["train_classifier"]) == 2
+    assert capsys.readouterr().err == "training stopped: train classifier: loss is nan at epoch 1/2, step 3/3\n"

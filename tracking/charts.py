@@ -16,6 +16,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
 def per_class_iou_chart(per_class: dict, path: str | Path, title: str = "per-class IoU") -> Path:
     """Bars in percent, each with its value; a class with no IoU (None: in neither ground truth
     nor prediction, as scoring.metrics.summary writes it) gets no bar and an "n/a"."""
@@ -31,11 +39,7 @@ def per_class_iou_chart(per_class: dict, path: str | Path, title: str = "per-cla
     ax.set_ylim(0, 100)
     ax.set_ylabel("IoU (%)")
     ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)
 
 
 def confusion_matrix_chart(matrix: list, classes: list[str] | None, path: str | Path,
@@ -69,8 +73,4 @@ def confusion_matrix_chart(matrix: list, classes: list[str] | None, path: str | 
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
     ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)

@@ -116,11 +116,7 @@ def flatten(node: dict, prefix: str = "") -> dict:
 
 
 def file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return atomic.file_digest(path, "md5")
 
 
 def dvc_md5(path: str | Path) -> str:

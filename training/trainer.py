@@ -14,13 +14,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from config.errors import StageError
 from models.backbones import freeze_prefix
 from tracking import runs as tracking
 from training.runtime import autocast, place, scheduled_lr
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(StageError, RuntimeError):
     """A training step's loss is NaN or infinite: fit stops before the optimiser applies it."""
+
+    kind = "training stopped"
 
 
 def set_train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
