@@ -7,7 +7,7 @@ The hashes dvc.lock records for every output must agree for the stages that are 
 CPU (stages that ran before the kill in one process, and the interrupted stage and everything after
 it in the second one).
 
-Measured with SMALL: every stage is bit-deterministic on CPU across processes (dvc.lock md5 of every
+Measured with SMALL (reference enabled, val at 4 scales + flip): every stage is bit-deterministic on CPU across processes (dvc.lock md5 of every
 artifact, report folder, sweep and per-class plot equal, the bf16 segmenter and reference included);
 only the files that carry wall-clock timings differ (VARYING), and those agree once the timings are
 dropped. A killed `dvc repro` needs no recovery step: DVC drops the dead PID's rwlock entry itself.
