@@ -69,7 +69,7 @@ def test_dvc_repro_demo_end_to_end(tmp_path):
 
     maps = json.loads((repo / "metrics/maps.json").read_text())
     assert maps["n_images"] == 6 and maps["n_evaluated"] == 6
-    assert 0.0 <= maps["miou"] <= 100.0 and len(maps["sweep"]) >= 10
+    assert 0.0 <= maps["miou"] <= 100.0 and len(maps["sweep"]) >= 10  # quality: tests/test_quality_floor.py
     assert set(maps["per_class_iou"]) == {"background", "beetle", "fish", "kite", "robot"}
     stored = list(mapstore.read(repo / "artifacts/maps"))
     assert len(stored) == 6 and all(m.shape == (len(c), 64, 64) and m.max() > 0.99 for _, c, m in stored)
