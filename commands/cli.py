@@ -9,7 +9,7 @@
     python -m commands versions setup-remote
 
 Only the glue lives here: parsing, messages and exit codes. The work is done by
-commands.predict.predict_folder, commands.label_pngs.export (stores.labelstore.export_pngs),
+commands.predict.predict_folder, commands.label_pngs.export,
 commands.versions and commands.outputs. Exit codes: 0 done; 2 a user error (missing input, a
 refused output folder, a bad version ref, a bad command line), printed as one `error: ...` line
 on stderr (a rollback refusal adds the files it would lose); 1 a git or dvc command failed.

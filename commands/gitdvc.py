@@ -1,14 +1,26 @@
 """Thin wrappers over the git and dvc command lines, for versioning (no Prefect here)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from flows.stream import tool_env
 
 # Commits made for the user by the pipeline need an identity even on a fresh CI machine.
 _FALLBACK_IDENTITY = ["-c", "user.name=wsss-pipeline", "-c", "user.email=wsss-pipeline@localhost"]
+
+
+def tool_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for dvc and the stages: this venv first on PATH, telemetry off, unbuffered."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("DO_NOT_TRACK", "true")
+    env.setdefault("DVC_NO_ANALYTICS", "1")
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    env["PYTHONUNBUFFERED"] = "1"  # stage prints reach the log when they happen
+    env.update(extra or {})
+    return env
 
 
 class CommandError(RuntimeError):

@@ -10,15 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from commands import outputs
+from dataset.images import palette_png
 from stores import labelstore
 
 COMMAND = "label-pngs"
 
 
 def export(labels_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> int:
-    """labelstore.export_pngs into `out_dir`, refusing to lose files (commands.outputs)."""
+    """One VOC palette PNG per image into `out_dir`, refusing to lose files (commands.outputs)."""
     labels_dir = Path(labels_dir)
     if not labels_dir.is_dir():
         raise FileNotFoundError(f"labels folder {labels_dir} not found (run the pseudo_labels stage first)")
+    n = 0
     with outputs.replacing(out_dir, COMMAND, [labels_dir], overwrite) as tmp:
-        return labelstore.export_pngs(labels_dir, tmp)
+        tmp.mkdir()
+        for image_id, labels in labelstore.read(labels_dir):
+            palette_png(labels).save(tmp / f"{image_id}.png")
+            n += 1
+    return n

@@ -16,7 +16,6 @@ from tqdm import tqdm
 from commands import outputs
 from dataset import images
 from labelling.crf import crf_argmax
-from stores import labelstore
 from training import checkpoints
 from training.runtime import resolve_device
 from training.segmentation import predict_probs
@@ -63,7 +62,7 @@ def predict_folder(in_dir: Path, out_dir: Path, checkpoint: Path, device: str = 
             probs = predict_probs(model, image, dev, cfg["val_flip"], cfg.get("val_scales", [1.0]), precision)
             labels = (crf_argmax(image, probs, crf_cfg or cfg["crf"]) if use_crf
                       else probs.argmax(0).astype(np.uint8))
-            labelstore.palette_png(labels).save(tmp / "labels" / f"{path.stem}.png")
+            images.palette_png(labels).save(tmp / "labels" / f"{path.stem}.png")
             Image.fromarray(images.blend(image, images.colour_labels(labels), 0.55)).save(
                 tmp / "overlays" / f"{path.stem}.png")
         (tmp / "classes.txt").write_text("\n".join(classes) + "\n")

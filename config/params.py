@@ -26,7 +26,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
-from stores.atomic import read_yaml
+from config.yamlfile import read_yaml
 
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 

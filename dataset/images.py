@@ -91,3 +91,10 @@ def palette() -> list[int]:
 def colour_labels(labels: np.ndarray) -> np.ndarray:
     """HxW class indices to HxWx3 VOC colours."""
     return np.array(palette(), np.uint8).reshape(-1, 3)[labels]
+
+
+def palette_png(labels: np.ndarray) -> Image.Image:
+    """A label map as a VOC palette PNG (what VOC's SegmentationClass files are)."""
+    png = Image.fromarray(labels.astype(np.uint8), mode="P")
+    png.putpalette(palette())
+    return png

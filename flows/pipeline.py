@@ -23,7 +23,8 @@ from prefect.runtime import flow_run
 
 from flows import dvc_commands
 from commands import versions
-from flows.stream import run_logged, tool_env
+from commands.gitdvc import tool_env
+from flows.stream import run_logged
 from tracking import lineage
 from tracking import runs as tracking
 

@@ -1,24 +1,10 @@
 """Run a command and hand each output line to a logger as it arrives (Prefect shows them live)."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections import deque
 from pathlib import Path
 from typing import Callable
-
-
-def tool_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for dvc and the stages: this venv first on PATH, telemetry off, unbuffered."""
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("DO_NOT_TRACK", "true")
-    env.setdefault("DVC_NO_ANALYTICS", "1")
-    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    env["PYTHONUNBUFFERED"] = "1"  # stage prints reach the log when they happen
-    env.update(extra or {})
-    return env
 
 
 def run_logged(argv: list[str], cwd: str | Path, log: Callable[[str], None],

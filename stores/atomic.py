@@ -12,7 +12,6 @@ import tempfile
 from pathlib import Path
 
 import pyarrow as pa
-import yaml
 import pyarrow.parquet as pq
 
 
@@ -82,17 +81,6 @@ def write_parquet(table: pa.Table, path: str | Path) -> None:
 def write_text(text: str, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-
-
-def read_yaml(path: str | Path, error: type[Exception] = ValueError):
-    """Parsed YAML; a missing or malformed file raises `error` naming the file."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise error(f"{path}: not found") from None
-    except yaml.YAMLError as exc:
-        raise error(f"{path}: not valid YAML: {exc}") from None
 
 
 def file_digest(path: str | Path, algorithm: str = "md5") -> str:

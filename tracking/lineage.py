@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from config import yamlfile
 from stores import atomic
 
 _INTERP = re.compile(r"\$\{\s*([\w.]+)\s*\}")
@@ -25,7 +26,7 @@ class LineageError(ValueError):
 
 
 def read_yaml(path: str | Path) -> dict:
-    return atomic.read_yaml(path, LineageError) or {}
+    return yamlfile.read_yaml(path, LineageError) or {}
 
 
 def stage_names(dvc_yaml: dict) -> list[str]:
