@@ -21,7 +21,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"
 @pytest.mark.slow
 def test_start_a_run_from_the_ui(tmp_path):
     assert CHROMIUM.is_file() or shutil.which("chromium"), \
-        "no /usr/bin/chromium: apt-get install -y chromium (.ci/run does this)"
+        "no /usr/bin/chromium: `make browser` (which `make test` runs) installs it"
     from playwright.sync_api import expect, sync_playwright
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
