@@ -143,3 +143,24 @@ def test_extra_kernel_one_adds_no_spatial_mixing():
     assert [c.kernel_size for c in convs] == [(1, 1)] * 3
     assert _count(model, LearnableDRS) == 3
     assert model(torch.rand(1, 3, 64, 64) * 255)[1].shape == (1, 5, 4, 4)
+
+
+def test_checkpoints_saved_before_the_kind_field_still_load(tmp_path):
+    """Old checkpoints stored {"classifier": section} / {"segmenter": section}; they load unchanged."""
+    from config.params import load
+    from models.classifier import build_localizer
+    from models.segmenter import build_segmenter
+    from training import checkpoints
+
+    params = load(Path(__file__).resolve().parent.parent / "params.yaml",
+                  ["classifier.pretrained=false", "segmenter.pretrained=false", "segmenter.aspp_channels=8"])
+    classes = ["background", "a", "b"]
+    x = torch.rand(1, 3, 64, 64) * 255
+    for key, model in (("classifier", build_localizer(params["classifier"], 2)),
+                       ("segmenter", build_segmenter(params["segmenter"], 3))):
+        torch.save({"state_dict": model.state_dict(), "config": {key: params[key], "classes": classes}},
+                   tmp_path / f"{key}.pt")
+        loaded, config = checkpoints.load(tmp_path / f"{key}.pt", torch.device("cpu"))
+        assert config["kind"] == {"classifier": "localizer", "segmenter": "segmenter"}[key]
+        out, ref = loaded(x), model.eval()(x)
+        torch.testing.assert_close(out[1] if key == "classifier" else out, ref[1] if key == "classifier" else ref)
