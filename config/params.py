@@ -362,8 +362,9 @@ def validate(raw: dict, overrides: Iterable[str] = ()) -> dict:
     if not isinstance(raw, dict):
         raise ParamsError("params: expected a mapping at the top level")
     over = functools.reduce(set_dotted, overrides, {})
-    given = _check(deep_merge(raw, over))   # the user's own values, before the profile is read
-    _require_all(deep_merge(raw, over), DEFAULTS)
+    merged = deep_merge(raw, over)
+    given = _check(merged)   # the user's own values, before the profile is read
+    _require_all(merged, DEFAULTS)
     explicit = deep_merge(_changed(given, DEFAULTS), over)
     return _check(deep_merge(deep_merge(DEFAULTS, _overlay(given["profile"])), explicit))
 

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from PIL import Image
 
 
-
 def resize_long(image: np.ndarray, long_side: int, resample=Image.BILINEAR) -> np.ndarray:
     h, w = image.shape[:2]
     scale = long_side / max(h, w)

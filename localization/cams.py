@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from config import paths
-from dataset import images, voc
+from dataset import voc
 from scoring.metrics import per_class_csv
 from scoring.sweep import ThresholdSweep, thresholds
 from stores.atomic import atomic_path

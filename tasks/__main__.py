@@ -6,6 +6,7 @@ The stages are dvc.yaml's, in its order; stage NAME is the module tasks/NAME.py.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import sys
@@ -19,9 +20,15 @@ from tracking import runs as tracking
 DVC_YAML = Path(__file__).resolve().parent.parent / "dvc.yaml"
 
 
+@functools.cache
+def _pipeline() -> dict:
+    """dvc.yaml, read once per process (the stage list, and the outputs missing_input names)."""
+    return lineage.read_yaml(DVC_YAML)
+
+
 def stages() -> list[str]:
     """The pipeline's stages, upstream first: the one list the CLI, flows, benchmarks and tests use."""
-    return lineage.stage_names(lineage.read_yaml(DVC_YAML))
+    return lineage.stage_names(_pipeline())
 
 
 def run_stage(name: str, params: dict) -> dict:
@@ -36,9 +43,8 @@ def missing_input(exc: FileNotFoundError, stage: str) -> str:
     text = str(exc)
     if " " not in text:  # pyarrow says only the path
         text += " not found"
-    dvc_yaml = lineage.read_yaml(DVC_YAML)
     for name in stages():
-        if name != stage and any(out in text for out in lineage.stage_outputs(lineage.stage_spec(dvc_yaml, name))):
+        if name != stage and any(out in text for out in lineage.stage_outputs(lineage.stage_spec(_pipeline(), name))):
             return f"{text} (stage {name} makes it: python -m tasks {name}, or dvc repro {stage})"
     return f"{text} (if an upstream stage makes it: dvc repro {stage})"
 

@@ -3,16 +3,9 @@
 what the tracking server shows never drift apart."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from config import paths
 from stores.atomic import write_json, write_text
 from tracking import runs
-
-
-def numeric(metrics: dict) -> dict:
-    """The scalar figures of a metrics dict (what MLflow can plot)."""
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def write_stage_outputs(name: str, metrics: dict, plots: dict[str, str] | None = None,
@@ -22,7 +15,7 @@ def write_stage_outputs(name: str, metrics: dict, plots: dict[str, str] | None =
     for file_name, text in (plots or {}).items():
         write_text(text, paths.PLOTS / file_name)
     write_json(metrics, paths.METRICS / f"{name}.json")
-    runs.log_metrics(numeric(metrics))
+    runs.log_metrics(metrics)   # it keeps the scalar figures (what MLflow can plot)
     for folder, artifact in (reports or {}).items():
         runs.log_artifact(paths.REPORTS / folder, artifact)
     return metrics

@@ -32,10 +32,6 @@ def _font(size: int = FONT_PX):
         return ImageFont.load_default()
 
 
-def label_colours(labels: np.ndarray) -> np.ndarray:
-    return images.colour_labels(labels)
-
-
 def _legend_items(label_arrays: list[np.ndarray], class_names: list[str]) -> list[tuple[tuple, str]]:
     """(VOC palette colour, name) of every label value present, in label order; 255 is
     'uncertain / void (255)', a value without a name 'class N'."""
@@ -159,7 +155,7 @@ def maps_panel(image: np.ndarray, maps: np.ndarray, tags: list[int], mask: np.nd
     columns = [("image", image), (f"maps: {names}", images.blend(image, images.colourise(heat)))]
     legend = []
     if mask is not None:
-        columns.append(("ground truth", label_colours(mask)))
+        columns.append(("ground truth", images.colour_labels(mask)))
         legend = _legend_items([mask], class_names)
     return compose(columns, legend, heat=True)
 
@@ -167,9 +163,9 @@ def maps_panel(image: np.ndarray, maps: np.ndarray, tags: list[int], mask: np.nd
 def labels_panel(image: np.ndarray, predictions: list[tuple[str, np.ndarray]], mask: np.ndarray | None,
                  class_names: list[str]) -> Image.Image:
     """Image | each labelling (title, H x W labels; 255 in the VOC palette's cream) | ground truth (if any)."""
-    columns = [("image", image)] + [(title, label_colours(lab)) for title, lab in predictions]
+    columns = [("image", image)] + [(title, images.colour_labels(lab)) for title, lab in predictions]
     arrays = [lab for _, lab in predictions]
     if mask is not None:
-        columns.append(("ground truth", label_colours(mask)))
+        columns.append(("ground truth", images.colour_labels(mask)))
         arrays.append(mask)
     return compose(columns, _legend_items(arrays, class_names))

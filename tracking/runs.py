@@ -116,34 +116,14 @@ def _dvc_args(cmdline: list[str]) -> list[str] | None:
 
 def _ancestors():
     """(pid, start time in s since the epoch, command line) of each process above this one, nearest
-    first: psutil where installed, else Linux's /proc; nothing where neither works."""
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        for proc in psutil.Process().parents():
-            try:
-                yield proc.pid, proc.create_time(), proc.cmdline()
-            except psutil.Error:
-                continue
-        return
-    try:
-        boot = next(float(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime "))
-        ticks = os.sysconf("SC_CLK_TCK")
-    except (OSError, StopIteration, ValueError):
-        return
-    pid = os.getppid()
-    while pid > 1:
+    first. psutil is there wherever a stage runs under DVC: DVC itself requires it."""
+    import psutil
+
+    for proc in psutil.Process().parents():
         try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 (state)
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        except (OSError, ValueError):
-            return
-        yield pid, boot + int(fields[19]) / ticks, [a for a in cmdline if a]
-        pid = int(fields[1])
+            yield proc.pid, proc.create_time(), proc.cmdline()
+        except psutil.Error:
+            continue
 
 
 def dvc_ancestor() -> dict | None:

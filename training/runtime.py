@@ -1,11 +1,10 @@
-"""Device choice, seeding and checkpoints: what every training stage shares."""
+"""Device choice, precision, seeding, the data loader and the LR schedule: what every training stage shares."""
 from __future__ import annotations
 
 import random
 
 import numpy as np
 import torch
-
 
 
 def resolve_device(name: str) -> torch.device:
