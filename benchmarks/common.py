@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
-from tasks.__main__ import run_stage, stages as pipeline_stages  # noqa: E402
+from tasks.__main__ import expanded, run_stage, stages as pipeline_stages  # noqa: E402
 from config.params import load  # noqa: E402
 
 
@@ -27,8 +27,8 @@ def run_stages(stages: list[str], params: dict, workdir: Path) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     here, out = os.getcwd(), {}
     os.chdir(workdir)
-    try:
-        for stage in stages:
+    try:  # a foreach stage (label_round) runs once per item: label_round@r1, ...
+        for stage in [s for s in expanded(params) if s.partition("@")[0] in stages]:
             start = time.perf_counter()
             result = run_stage(stage, params)
             out[stage] = {"result": result, "seconds": round(time.perf_counter() - start, 1)}

@@ -17,7 +17,7 @@ from pathlib import Path
 from common import RESULTS, host, params_for, pipeline_stages, run_stages, write_lines
 
 STAGES = [s for s in pipeline_stages() if s != "demo"]  # dvc.yaml's list; the dataset is --root
-SCORE = {"train_classifier": "val_map", "export_maps": "miou", "export_refined": "miou", "pseudo_labels": "miou",
+SCORE = {"label_round": "labels_miou", "train_classifier": "val_map", "export_maps": "miou", "export_refined": "miou", "pseudo_labels": "miou",
          "train_segmenter": "val_miou", "train_reference": "val_miou"}
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     lines = [f"Pipeline on `{args.root}` ({record['date']}, {record['cpus']} CPUs, threads {record['threads']}); "
              f"overrides: {args.set or 'none'}.", "", "| stage | score | seconds |", "|---|---|---|"]
     for stage, r in out.items():
-        key = SCORE.get(stage)
+        key = SCORE.get(stage.partition("@")[0])
         score = r["result"].get(key) if key else None
         extra = f" (CRF: {r['result']['val_miou_crf']})" if "val_miou_crf" in r["result"] else ""
         lines.append(f"| {stage} | {'-' if score is None else f'{key} {score}'}{extra} | {r['seconds']} |")

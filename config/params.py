@@ -191,8 +191,16 @@ class Refiner(Localizer, Aspp, Training):
     epochs: Epochs = 8
 
 
+MAP_SOURCES = ("artifacts/refined_maps", "artifacts/maps")   # the refined maps (the paper's path) or the CAMs
+
+
+def round_maps(key: str) -> str:
+    """Where label round `key` leaves its segmenter's maps of the training images (config/paths.py)."""
+    return f"artifacts/rounds/{key}/maps"
+
+
 class PseudoLabels(Section):
-    source: Literal["refined", "raw"] = "refined"   # which maps become labels
+    maps: str = "artifacts/refined_maps"   # the maps that become labels: MAP_SOURCES, or the last round's
     bg_threshold: Prob = 0.45
     temperature: float = Field(0.1, ge=0.001, le=10.0)   # scores -> CRF probabilities: softmax(scores / t)
     uncertain_margin: Prob = 0.05
@@ -227,6 +235,24 @@ class Segmenter(Network, Aspp, Training):
     crf: SegmenterCrf = SegmenterCrf()   # post-processing on val
 
 
+class Mining(Section):
+    """Bottom-up step of a label round (labelling/mining.py): class prototypes of the segmenter's features."""
+    weight: Prob = 0.5            # round maps = (1 - weight) x segmenter probabilities + weight x prototype match
+    confidence: Prob = 0.8        # pixels whose tag-restricted probability exceeds this build the prototypes
+    temperature: float = Field(0.1, ge=0.001, le=10.0)   # cosine similarities -> probabilities: softmax(s / t)
+
+
+class Round(Section):
+    """One label round before the last (Wang et al., CVPR 2018): labels from `maps`, a segmenter
+    trained on them, its tag-restricted predictions on the training images expanded by mining
+    (the next round's maps). Its settings live here, so editing round r2 leaves r1 as it is."""
+    maps: str                     # MAP_SOURCES for the first round, else the previous round's maps
+    epochs: int = Field(0, ge=0, le=1000)   # this round's segmenter; 0: segmenter.epochs
+    scales: Scales = [0.75, 1.0, 1.25]      # its predictions on the training images (logits averaged)
+    flip: bool = True
+    mining: Mining = Mining()
+
+
 class Reference(Section):
     enabled: bool = True
     crf: bool = False   # also score it with CRF post-processing
@@ -239,12 +265,31 @@ class Params(Section):
     classifier: Classifier = Classifier()
     maps: Maps = Maps()
     refiner: Refiner = Refiner()
+    rounds: dict[str, Round] = {}   # label rounds before the last, in order: r1, r2, ...
     pseudo_labels: PseudoLabels = PseudoLabels()
     segmenter: Segmenter = Segmenter()
     reference: Reference = Reference()
 
+    @model_validator(mode="after")
+    def _round_chain(self) -> "Params":
+        """DVC cannot count, so each round names its input (dvc.yaml interpolates it): check the chain."""
+        expected = list(MAP_SOURCES)
+        for n, (key, spec) in enumerate(self.rounds.items(), 1):
+            if key != f"r{n}":
+                raise _invalid(f"round {n} must be called r{n}, not {key!r} (rounds run r1, r2, ... in order)",
+                               "rounds")
+            if spec.maps not in expected:
+                raise _invalid(f"{spec.maps!r} must be {' or '.join(map(repr, expected))}", f"rounds.{key}.maps")
+            expected = [round_maps(key)]
+        if self.pseudo_labels.maps not in expected:
+            last = f" (the last round, {list(self.rounds)[-1]}, leaves its maps there)" if self.rounds else ""
+            raise _invalid(f"{self.pseudo_labels.maps!r} must be {' or '.join(map(repr, expected))}{last}",
+                           "pseudo_labels.maps")
+        return self
+
 
 DEFAULTS: dict = Params().model_dump()   # the built-in defaults: the shipped params.yaml
+NAMED = {"rounds"}   # mappings keyed by the user's names: taken whole, never merged key by key
 
 # pydantic's error types, in the words of the messages the old validator gave.
 _TYPES = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool",
@@ -263,6 +308,9 @@ def _schema_at(loc: tuple) -> Any:
     """The model or type the schema holds at loc (a list index steps into the item type)."""
     node = Params
     for part in loc:
+        if get_origin(node) is dict:   # a named mapping (rounds): step into its value type
+            node = get_args(node)[1]
+            continue
         node = get_args(node)[0] if isinstance(part, int) else node.model_fields[part].annotation
         node = get_args(node)[0] if get_origin(node) is Annotated else node
     return node
@@ -299,7 +347,7 @@ def _check(raw: Any) -> dict:
 def deep_merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in NAMED:
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -326,7 +374,7 @@ def _changed(params: dict, defaults: dict) -> dict:
     """The leaves of (validated) params that differ from defaults."""
     out = {}
     for key, value in params.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key not in NAMED:
             if sub := _changed(value, defaults[key]):
                 out[key] = sub
         elif value != defaults[key]:
@@ -339,7 +387,7 @@ def _require_all(raw: dict, defaults: dict, prefix: str = "") -> None:
     for key, default in defaults.items():
         if key not in raw and prefix + key != "profile":   # profile may be left out: cpu
             raise ParamsError(f"{prefix}{key}: missing")
-        if isinstance(default, dict):
+        if isinstance(default, dict) and key not in NAMED:
             _require_all(raw[key], default, f"{prefix}{key}.")
 
 

@@ -13,3 +13,8 @@ REFERENCE = Path("artifacts/reference.pt")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 REPORTS = Path("reports")
+ROUNDS = Path("artifacts/rounds")   # label round <key>: ROUNDS/<key>/{pseudo_labels, segmenter.pt, maps}
+
+
+def round_dir(key: str) -> Path:
+    return ROUNDS / key

@@ -20,13 +20,16 @@ from scoring.metrics import IGNORE, confusion
 
 
 def make_labels(image: np.ndarray, maps: np.ndarray, classes: list[int], cfg: dict,
-                saliency: np.ndarray | None = None) -> np.ndarray:
-    """maps: k x H x W in [0, 1] for the image's tagged classes (dataset indices in `classes`)."""
+                saliency: np.ndarray | None = None, background: np.ndarray | None = None) -> np.ndarray:
+    """maps: k x H x W in [0, 1] for the image's tagged classes (dataset indices in `classes`).
+    background: the maps' own background score (a label round's segmenter has one), which then
+    replaces the threshold or saliency cue."""
     h, w = image.shape[:2]
     lookup = np.array([0] + list(classes), dtype=np.uint8)
     if len(classes) == 0:
         return np.zeros((h, w), np.uint8)
-    background = (1.0 - saliency) if saliency is not None else np.full((h, w), cfg["bg_threshold"], np.float32)
+    if background is None:
+        background = (1.0 - saliency) if saliency is not None else np.full((h, w), cfg["bg_threshold"], np.float32)
     scores = np.concatenate([background[None].astype(np.float32), maps.astype(np.float32)])
     winner = scores.argmax(0)
     # Scores to probabilities: a temperature-scaled softmax keeps close calls uncertain for the CRF.
@@ -62,7 +65,10 @@ def label_image(job):
     root, image_id, classes, maps_u8, cfg, has_mask, n_classes = job
     image = voc.load_image(root, image_id)
     saliency = load_saliency(Path(root), cfg["saliency_dir"], image_id, image.shape[:2])
-    labels = make_labels(image, maps_u8.astype(np.float32) / 255.0, classes, cfg, saliency)
+    maps, background = maps_u8.astype(np.float32) / 255.0, None
+    if len(classes) and classes[0] == 0:  # class 0 is background: the maps bring their own cue
+        maps, background, classes = maps[1:], maps[0], list(classes[1:])
+    labels = make_labels(image, maps, classes, cfg, saliency, background)
     conf = None
     if has_mask:  # scored only: the mask never shapes the labels
         conf = confusion(voc.load_mask(root, image_id, n_classes), labels, n_classes)

@@ -1,7 +1,9 @@
 """Command line: `python -m tasks STAGE [--params params.yaml] [--set key=value ...]`.
 
 The same `main(params)` functions run here, under `dvc repro` (which calls this) and in Prefect.
-The stages are dvc.yaml's, in its order; stage NAME is the module tasks/NAME.py.
+The stages are dvc.yaml's, in its order; stage NAME is the module tasks/NAME.py. A dvc.yaml
+`foreach` stage runs one item at a time, named as DVC names it: `python -m tasks label_round@r1`
+calls tasks/label_round.py's `main(params, "r1")`.
 """
 from __future__ import annotations
 
@@ -31,11 +33,34 @@ def stages() -> list[str]:
     return lineage.stage_names(_pipeline())
 
 
+def expanded(params: dict) -> list[str]:
+    """Every stage a full run executes, in order: foreach stages as `name@key` for their items."""
+    return lineage.expand_names(_pipeline(), params)
+
+
+class UnknownStage(KeyError):
+    pass
+
+
+def resolve(name: str, params: dict) -> tuple[str, str]:
+    """(stage, foreach key or "") for `name` or `name@key`; UnknownStage says what exists."""
+    group, _, key = name.partition("@")
+    if group not in stages():
+        raise UnknownStage(f"unknown stage {name!r}; stages: {', '.join(stages())}")
+    items = lineage.foreach_items(_pipeline()["stages"][group] or {}, params)
+    if items is None and key:
+        raise UnknownStage(f"stage {group!r} runs once: call it {group!r}, not {name!r}")
+    if items is not None and key not in items:
+        raise UnknownStage(f"stage {group!r} runs once per item: one of "
+                           f"{', '.join(f'{group}@{k}' for k in items) or '(none: params.yaml lists no items)'}")
+    return group, key
+
+
 def run_stage(name: str, params: dict) -> dict:
-    if name not in stages():
-        raise KeyError(f"unknown stage {name!r}; stages: {', '.join(stages())}")
+    group, key = resolve(name, params)
     with tracking.stage_run(name, params):
-        return importlib.import_module(f"tasks.{name}").main(params)
+        module = importlib.import_module(f"tasks.{group}")
+        return module.main(params, key) if key else module.main(params)
 
 
 def missing_input(exc: FileNotFoundError, stage: str) -> str:
@@ -51,7 +76,7 @@ def missing_input(exc: FileNotFoundError, stage: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks", description=__doc__)
-    parser.add_argument("stage", choices=stages())
+    parser.add_argument("stage", help=f"one of {', '.join(stages())} (a foreach stage as NAME@KEY)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter for this run only (dvc exp run -S records overrides)")
@@ -60,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         params = load(args.params, args.set)
     except ParamsError as exc:
         print(f"params error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        resolve(args.stage, params)
+    except UnknownStage as exc:
+        print(f"stage error: {exc.args[0]}", file=sys.stderr)
         return 2
     try:
         result = run_stage(args.stage, params)

@@ -1,70 +1,17 @@
 """Stage 4: pseudo segmentation labels from the maps, a background cue and a dense CRF
-(labelling/pseudo.py), over all training images on all cores, stored packed and scored.
+(labelling/pseudo.py), over all training images on all cores, stored packed and scored
+(labelling/batch.py).
 
-`pseudo_labels.source` picks the maps: `refined` (the paper's path, the default) or `raw` (the
-classifier's CAMs, for comparison or when the refiner is not trusted on new data).
+`pseudo_labels.maps` picks the maps: the refined maps (the paper's path, the default), the raw
+CAMs, or, with label rounds, the last round's segmenter maps: these labels are then the last
+round's, the ones the segmenter of train_segmenter learns from.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import time
-
-import numpy as np
-from tqdm import tqdm
-
 from config import paths
-from dataset import voc
-from labelling.pseudo import label_image
-from scoring.metrics import IGNORE, per_class_csv, summary
-from stores import labelstore, mapstore
-from stores.atomic import atomic_path
-from tracking import panels
-from tracking.outputs import write_stage_outputs
-
-SOURCES = {"refined": paths.REFINED_MAPS, "raw": paths.MAPS}
+from labelling.batch import label_all
 
 
 def main(params: dict) -> dict:
-    cfg = params["pseudo_labels"]
-    manifest, classes, root = voc.read_manifest(paths.MANIFEST)
-    rows = {r["id"]: r for r in voc.split_rows(manifest, params["data"]["train_split"])}
-    n = len(classes)
-    conf, ignored, total = np.zeros((n, n), np.int64), 0, 0
-    jobs = ((str(root), i, c, m, cfg, rows[i]["has_mask"], n)
-            for i, c, m in mapstore.read(SOURCES[cfg["source"]], as_uint8=True))
-    workers = cfg["workers"] or os.cpu_count() or 1
-    start = time.perf_counter()
-
-    def results():
-        nonlocal conf, ignored, total
-        # spawn, not fork: a parent that already ran torch (OpenMP) can deadlock forked children.
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for image_id, labels, c in tqdm(pool.imap(label_image, jobs, chunksize=2), total=len(rows),
-                                            desc="pseudo labels (CRF)", unit="img", dynamic_ncols=True):
-                ignored += int((labels == IGNORE).sum())
-                total += labels.size
-                if c is not None:
-                    conf += c
-                yield image_id, labels
-
-    with atomic_path(paths.REPORTS / "pseudo_labels") as samples_dir:
-        samples_dir.mkdir()
-
-        def with_samples():
-            for k, (image_id, labels) in enumerate(results()):
-                if k < cfg["n_samples"]:
-                    image = voc.load_image(root, image_id)
-                    mask = voc.load_mask(root, image_id, n)
-                    panels.labels_panel(image, [("pseudo label", labels)], mask, classes).save(
-                        samples_dir / f"{image_id}.png")
-                yield image_id, labels
-
-        count = labelstore.write(with_samples(), paths.PSEUDO_LABELS, cfg["shard_size"])
-    metrics = {"source": cfg["source"], "n_images": count, "ignored_fraction": round(ignored / max(total, 1), 4),
-               "seconds": round(time.perf_counter() - start, 1), "workers": workers}
-    if conf.sum():
-        metrics = {**summary(conf, classes), **metrics}
-    return write_stage_outputs("pseudo_labels", metrics,
-                               plots={"pseudo_labels_per_class.csv": per_class_csv(metrics.get("per_class_iou", {}))},
-                               reports={"pseudo_labels": "pseudo_label_samples"})
+    return label_all(params, params["pseudo_labels"]["maps"], paths.PSEUDO_LABELS, "pseudo_labels",
+                     extra={"round": len(params["rounds"]) + 1})

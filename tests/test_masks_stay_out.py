@@ -3,8 +3,9 @@
 Two copies of a small demo dataset differ only in the train images' masks: in the second, each
 train mask's pixels are permuted, so every image keeps exactly the classes it had (its tags, which
 come from the masks here) but no pixel sits where it did. The weak chain (manifest -> classifier ->
-maps -> refiner -> refined maps -> pseudo labels) may use the masks only to score itself, so its
-stored outputs must be identical byte for byte while the metrics that score against masks differ.
+maps -> refiner -> refined maps -> a label round (labels, segmenter, its mined maps) -> pseudo
+labels) may use the masks only to score itself, so its stored outputs must be identical byte for
+byte while the metrics that score against masks differ.
 """
 import json
 import shutil
@@ -19,8 +20,11 @@ from stores import labelstore, mapstore
 from tests.conftest import REPO
 from tests.test_pipeline_dvc import SMALL
 
-CHAIN = ["manifest", "train_classifier", "export_maps", "train_refiner", "export_refined", "pseudo_labels"]
-SCORED = ["maps", "refined_maps", "pseudo_labels"]   # metrics/<name>.json scored against the train masks
+CHAIN = ["manifest", "train_classifier", "export_maps", "train_refiner", "export_refined", "label_round@r1",
+         "pseudo_labels"]
+SCORED = ["maps", "refined_maps", "rounds/r1/pseudo_labels", "pseudo_labels"]   # metrics/<name>.json scored
+                                                                                # against the train masks
+STORES = ["maps", "refined_maps", "rounds/r1/pseudo_labels", "rounds/r1/maps", "pseudo_labels"]
 
 
 def scramble_train_masks(root, seed: int = 1) -> None:
@@ -44,9 +48,13 @@ def run_chain(work, root, monkeypatch) -> dict:
     work.mkdir()
     monkeypatch.chdir(work)   # stages read and write relative to the repository root (config/paths.py)
     params = load(REPO / "params.yaml", SMALL + [f"data.root={root}", "maps.n_overlays=0",
-                                                 "pseudo_labels.n_samples=0", "pseudo_labels.workers=1"])
+                                                 "pseudo_labels.n_samples=0", "pseudo_labels.workers=1",
+                                                 "rounds={r1: {maps: artifacts/refined_maps}}",
+                                                 "pseudo_labels.maps=artifacts/rounds/r1/maps"])
     for stage in CHAIN:
-        importlib.import_module(f"tasks.{stage}").main(params)
+        name, _, key = stage.partition("@")
+        main = importlib.import_module(f"tasks.{name}").main
+        main(params, key) if key else main(params)
     return {name: json.loads((work / "metrics" / f"{name}.json").read_text()) for name in SCORED}
 
 
@@ -66,17 +74,18 @@ def test_scrambled_train_masks_change_scores_not_outputs(tmp_path, monkeypatch):
     rows_a, rows_b = (voc.read_manifest(d / "manifest.parquet")[0].to_pylist() for d in (a, b))
     assert rows_a == rows_b
 
-    for store in ("maps", "refined_maps"):
+    for store in ("maps", "refined_maps", "rounds/r1/maps"):
         stored_a, stored_b = list(mapstore.read(a / store, as_uint8=True)), list(mapstore.read(b / store, as_uint8=True))
         assert [(i, c) for i, c, _ in stored_a] == [(i, c) for i, c, _ in stored_b]
         for (image_id, _, ma), (_, _, mb) in zip(stored_a, stored_b):
             assert np.array_equal(ma, mb), f"{store} of {image_id} depend on the train masks"
-    labels_a, labels_b = labelstore.read_dict(a / "pseudo_labels"), labelstore.read_dict(b / "pseudo_labels")
-    assert list(labels_a) == list(labels_b)
-    for image_id in labels_a:
-        assert np.array_equal(labels_a[image_id], labels_b[image_id]), f"pseudo labels of {image_id} depend on the masks"
+    for store in ("rounds/r1/pseudo_labels", "pseudo_labels"):
+        labels_a, labels_b = labelstore.read_dict(a / store), labelstore.read_dict(b / store)
+        assert list(labels_a) == list(labels_b)
+        for image_id in labels_a:
+            assert np.array_equal(labels_a[image_id], labels_b[image_id]), f"{store} of {image_id} depend on the masks"
     # The shards themselves, byte for byte (the Parquet files hold no path or time).
-    for store in ("maps", "refined_maps", "pseudo_labels"):
+    for store in STORES:
         files = sorted(p.name for p in (a / store).iterdir())
         assert files == sorted(p.name for p in (b / store).iterdir())
         for name in files:

@@ -37,23 +37,78 @@ def stage_names(dvc_yaml: dict) -> list[str]:
     return list(stages)
 
 
-def stage_spec(dvc_yaml: dict, stage: str) -> dict:
+def stage_spec(dvc_yaml: dict, stage: str, params: dict | None = None) -> dict:
+    """A stage's dvc.yaml entry. A foreach stage's is its `do` template; `name@key` with params
+    gives that item's entry with `${key}` and `${item...}` filled in, as DVC expands it."""
     stages = dvc_yaml.get("stages") or {}
-    if stage not in stages:
-        raise LineageError(f"dvc.yaml: no stage {stage!r} (stages: {', '.join(stages)})")
-    return stages[stage] or {}
+    group, _, key = stage.partition("@")
+    if group not in stages:
+        raise LineageError(f"dvc.yaml: no stage {group!r} (stages: {', '.join(stages)})")
+    spec = stages[group] or {}
+    if "foreach" not in spec:
+        return spec
+    template = spec.get("do") or {}
+    items = foreach_items(spec, params) if key and params is not None else None
+    if items is None:
+        return template
+    if key not in items:
+        raise LineageError(f"dvc.yaml: stage {group!r} has no item {key!r} (items: {', '.join(map(str, items))})")
+    return _fill(template, {"key": key, "item": items[key]})
+
+
+def foreach_items(spec: dict, params: dict) -> dict | None:
+    """{key: item} a foreach stage iterates (a list's keys are its values, as DVC names them),
+    or None for a plain stage."""
+    if "foreach" not in spec:
+        return None
+    source = spec["foreach"]
+    if isinstance(source, str):
+        match = _INTERP.fullmatch(source.strip())
+        if not match:
+            raise LineageError(f"dvc.yaml: foreach {source!r} is not one ${{...}} reference")
+        source = _lookup(params, match.group(1))
+    if isinstance(source, dict):
+        return dict(source)
+    if isinstance(source, list):
+        return {str(v): v for v in source}
+    raise LineageError(f"dvc.yaml: foreach {spec['foreach']!r} is neither a list nor a mapping")
+
+
+def expand_names(dvc_yaml: dict, params: dict) -> list[str]:
+    """Every stage a full run executes, upstream first: a foreach stage as `name@key` per item."""
+    out = []
+    for name in stage_names(dvc_yaml):
+        items = foreach_items(dvc_yaml["stages"][name] or {}, params)
+        out.extend([name] if items is None else [f"{name}@{k}" for k in items])
+    return out
+
+
+def _fill(node: Any, scope: dict) -> Any:
+    """`${key}`, `${item}`, `${item.x}` filled in from scope everywhere in a template (keys too)."""
+    if isinstance(node, dict):
+        return {_fill(k, scope): _fill(v, scope) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill(v, scope) for v in node]
+    if isinstance(node, str):
+        def sub(match: re.Match) -> str:
+            name = match.group(1)
+            return str(_lookup(scope, name)) if name.split(".")[0] in scope else match.group(0)
+        return _INTERP.sub(sub, node)
+    return node
+
+
+def _lookup(tree: dict, dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise LineageError(f"dvc.yaml: ${{{dotted}}} is not in params.yaml")
+        node = node[part]
+    return node
 
 
 def interpolate(text: str, params: dict) -> str:
     """Resolve `${a.b}` the way dvc.yaml does, from the params dict."""
-    def lookup(match: re.Match) -> str:
-        node: Any = params
-        for part in match.group(1).split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise LineageError(f"dvc.yaml: ${{{match.group(1)}}} is not in params.yaml")
-            node = node[part]
-        return str(node)
-    return _INTERP.sub(lookup, text)
+    return _INTERP.sub(lambda match: str(_lookup(params, match.group(1))), text)
 
 
 def _paths(entries: list | None) -> list[str]:
@@ -234,6 +289,7 @@ def uncovered_imports(spec: dict, stage: str, params: dict, repo: str | Path = "
     """The stage's imported project files that none of its dvc.yaml deps (a file, or a folder above
     it) covers: editing one of them would leave the stage's outputs stale under `dvc repro`."""
     deps = []
+    spec = spec.get("do") or {} if "foreach" in spec else spec   # a foreach stage: its template
     for raw in _paths(spec.get("deps")):
         try:
             deps.append(interpolate(raw, params).rstrip("/"))

@@ -176,7 +176,7 @@ class _StageRun:
         parent = os.environ.get(PARENT_ENV)
         spec, lock = {}, {}
         try:
-            spec = lineage.stage_spec(lineage.read_yaml("dvc.yaml"), stage)
+            spec = lineage.stage_spec(lineage.read_yaml("dvc.yaml"), stage, params)
             lock = lineage.read_yaml("dvc.lock") if Path("dvc.lock").is_file() else {}
         except lineage.LineageError:
             pass  # a stage run outside the DVC pipeline: no lineage to record
