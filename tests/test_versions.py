@@ -134,3 +134,25 @@ def test_cli_lists_and_refuses_unknown_or_unsafe_rollback(label_repo):
     assert "params.yaml" in unsafe.stderr and "--force" in unsafe.stderr and "Traceback" not in unsafe.stderr
     assert cli("rollback", "v1", "--force").returncode == 0
     assert yaml.safe_load((repo / "params.yaml").read_text()) == {"labels": {"seed": 1}}
+
+
+def test_foreach_stages_expand_as_dvc_names_them():
+    from tracking import lineage
+    dvc_yaml = {"vars": [{"seeds": [3, 4]}], "stages": {
+        "plain": {"cmd": "true", "outs": ["a"]},
+        "round_labels": {"foreach": "${rounds}", "do": {
+            "cmd": "make ${key} from ${item.maps}", "outs": ["artifacts/rounds/${key}/pseudo_labels"],
+            "metrics": [{"metrics/rounds/${ key }/pseudo_labels.json": {"cache": False}}]}},
+        "by_seed": {"foreach": "${seeds}", "do": {"cmd": "run ${item} ${other}"}},
+        "by_dict": {"foreach": [{"x": 1}, {"x": 2}], "do": {"cmd": "run ${item.x}"}}}}
+    stages = lineage.expanded_stages(dvc_yaml, {"rounds": {"r1": {"maps": "m1"}, "r2": {"maps": "m2"}}})
+    assert list(stages) == ["plain", "round_labels@r1", "round_labels@r2", "by_seed@3", "by_seed@4",
+                            "by_dict@0", "by_dict@1"]
+    assert stages["round_labels@r2"]["cmd"] == "make r2 from m2"
+    assert lineage.stage_outputs(stages["round_labels@r1"]) == ["artifacts/rounds/r1/pseudo_labels"]
+    assert lineage.uncached_outputs(stages["round_labels@r2"]) == ["metrics/rounds/r2/pseudo_labels.json"]
+    assert stages["by_seed@4"]["cmd"] == "run 4 ${other}" and stages["by_dict@1"]["cmd"] == "run 2"
+    assert list(lineage.expanded_stages(dvc_yaml, {"rounds": {}})) == [
+        "plain", "by_seed@3", "by_seed@4", "by_dict@0", "by_dict@1"]
+    with pytest.raises(lineage.LineageError, match="rounds"):
+        lineage.expanded_stages(dvc_yaml, {})

@@ -241,3 +241,64 @@ def uncovered_imports(spec: dict, stage: str, params: dict, repo: str | Path = "
             continue
     return sorted(f for f in import_closure(stage_entry(stage), repo)
                   if not any(f == d or f.startswith(d + "/") for d in deps))
+
+
+def _lookup(params: dict, dotted: str) -> Any:
+    node: Any = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def _substitute(node: Any, scope: dict) -> Any:
+    """`node` with `${key}`, `${item}`, `${item.field}` (names in scope) resolved in every string,
+    mapping keys included (an output's options sit under its path); other `${...}` kept."""
+    def one(text: str) -> str:
+        def lookup(match: re.Match) -> str:
+            try:
+                return str(_lookup(scope, match.group(1)))
+            except KeyError:
+                return match.group(0)
+        return _INTERP.sub(lookup, text)
+    if isinstance(node, str):
+        return one(node)
+    if isinstance(node, list):
+        return [_substitute(x, scope) for x in node]
+    if isinstance(node, dict):
+        return {one(k) if isinstance(k, str) else k: _substitute(v, scope) for k, v in node.items()}
+    return node
+
+
+def expanded_stages(dvc_yaml: dict, params: dict) -> dict[str, dict]:
+    """`{stage: spec}` in file order with each `foreach`/`do` stage expanded into the stages DVC
+    runs and names in dvc.lock (`name@key`: a mapping's keys; a list's values, or indices where
+    the items are mappings or lists). `foreach: ${a.b}` reads params.yaml (or dvc.yaml's inline
+    `vars`); `matrix` stages are left as they are."""
+    scope = {k: v for entry in dvc_yaml.get("vars") or [] if isinstance(entry, dict) for k, v in entry.items()}
+    scope.update(params or {})
+    out: dict[str, dict] = {}
+    for name in stage_names(dvc_yaml):
+        spec = stage_spec(dvc_yaml, name)
+        if "foreach" not in spec:
+            out[name] = spec
+            continue
+        items = spec["foreach"]
+        if isinstance(items, str):
+            match = _INTERP.fullmatch(items.strip())
+            try:
+                items = _lookup(scope, match.group(1)) if match else None
+            except KeyError:
+                raise LineageError(f"dvc.yaml: stage {name!r} iterates over {spec['foreach']}, "
+                                   "which is not in params.yaml") from None
+        if isinstance(items, dict):
+            keyed = {str(k): v for k, v in items.items()}
+        elif isinstance(items, list):
+            nested = any(isinstance(x, (dict, list)) for x in items)
+            keyed = {str(i if nested else x): x for i, x in enumerate(items)}
+        else:
+            raise LineageError(f"dvc.yaml: stage {name!r}: foreach is not a mapping or a list")
+        for key, item in keyed.items():
+            out[f"{name}@{key}"] = _substitute(spec.get("do") or {}, {"key": key, "item": item})
+    return out
