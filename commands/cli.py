@@ -113,7 +113,7 @@ def versions_options(
 @versions_app.command("list")
 def versions_list(ctx: typer.Context,
                   as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False):
-    """Versions with mIoU, date and the params that differ."""
+    """Versions with their round (where there are label rounds), mIoU, date and the params that differ."""
     from dataclasses import asdict
 
     from commands import versions
@@ -125,10 +125,10 @@ def versions_list(ctx: typer.Context,
 
 @versions_app.command("diff")
 def versions_diff(ctx: typer.Context,
-                  a: Annotated[str, typer.Argument(help="version number (3 or v3), tag or commit")],
-                  b: Annotated[str, typer.Argument(help="version number (3 or v3), tag or commit")],
+                  a: Annotated[str, typer.Argument(help="version number (3 or v3), tag, commit, REF@ROUND (labels-v2@r1) or a round (r1, final)")],
+                  b: Annotated[str, typer.Argument(help="version number (3 or v3), tag, commit, REF@ROUND (labels-v2@r1) or a round (r1, final)")],
                   as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False):
-    """Params, mIoU, per-class IoU and hashes of two versions."""
+    """Params, mIoU, ignored fraction, per-class IoU and hashes of two versions (two rounds too)."""
     from commands import versions
 
     repo = ctx.obj["repo"]
@@ -140,7 +140,7 @@ def versions_diff(ctx: typer.Context,
 
 @versions_app.command("rollback")
 def versions_rollback(ctx: typer.Context,
-                      version: Annotated[str, typer.Argument(help="version number (3 or v3), tag or commit")],
+                      version: Annotated[str, typer.Argument(help="version number (3 or v3), tag, commit, REF@ROUND (labels-v2@r1) or a round (r1, final)")],
                       force: Annotated[bool, typer.Option(
                           "--force", help="discard uncommitted dvc.lock/params.yaml and unrecorded labels")] = False):
     """Restore a version's labels (bit-identical), params and metrics; then `dvc repro`."""

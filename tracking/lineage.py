@@ -48,7 +48,7 @@ def stage_spec(dvc_yaml: dict, stage: str, params: dict | None = None) -> dict:
     if "foreach" not in spec:
         return spec
     template = spec.get("do") or {}
-    items = foreach_items(spec, params) if key and params is not None else None
+    items = foreach_items(spec, _scope(dvc_yaml, params)) if key and params is not None else None
     if items is None:
         return template
     if key not in items:
@@ -66,19 +66,26 @@ def foreach_items(spec: dict, params: dict) -> dict | None:
         match = _INTERP.fullmatch(source.strip())
         if not match:
             raise LineageError(f"dvc.yaml: foreach {source!r} is not one ${{...}} reference")
-        source = _lookup(params, match.group(1))
+        source = _lookup(params or {}, match.group(1))
     if isinstance(source, dict):
         return dict(source)
-    if isinstance(source, list):
-        return {str(v): v for v in source}
+    if isinstance(source, list):   # DVC names a list's items by value, or by index when they are collections
+        nested = any(isinstance(v, (dict, list)) for v in source)
+        return {str(i if nested else v): v for i, v in enumerate(source)}
     raise LineageError(f"dvc.yaml: foreach {spec['foreach']!r} is neither a list nor a mapping")
+
+
+def _scope(dvc_yaml: dict, params: dict) -> dict:
+    """What `${...}` in dvc.yaml reads: its inline `vars` mappings, then params.yaml."""
+    scope = {k: v for entry in dvc_yaml.get("vars") or [] if isinstance(entry, dict) for k, v in entry.items()}
+    return {**scope, **(params or {})}
 
 
 def expand_names(dvc_yaml: dict, params: dict) -> list[str]:
     """Every stage a full run executes, upstream first: a foreach stage as `name@key` per item."""
     out = []
     for name in stage_names(dvc_yaml):
-        items = foreach_items(dvc_yaml["stages"][name] or {}, params)
+        items = foreach_items(dvc_yaml["stages"][name] or {}, _scope(dvc_yaml, params))
         out.extend([name] if items is None else [f"{name}@{k}" for k in items])
     return out
 
@@ -297,3 +304,9 @@ def uncovered_imports(spec: dict, stage: str, params: dict, repo: str | Path = "
             continue
     return sorted(f for f in import_closure(stage_entry(stage), repo)
                   if not any(f == d or f.startswith(d + "/") for d in deps))
+
+
+def expanded_stages(dvc_yaml: dict, params: dict) -> dict[str, dict]:
+    """`{stage: spec}` upstream first, each foreach stage expanded into the stages DVC runs and
+    names in dvc.lock (`name@key`), its `${key}` / `${item...}` filled in."""
+    return {name: stage_spec(dvc_yaml, name, params) for name in expand_names(dvc_yaml, params)}
