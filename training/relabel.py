@@ -48,14 +48,11 @@ def _predict(model, image: np.ndarray, device, scales, flip: bool, precision: st
     return torch.softmax(logits, 0).cpu().numpy(), features
 
 
-def round_maps(model, root: Path, rows: list[dict], classes: list[str], spec: dict, saliency_cfg: dict,
-               device, precision: str, scores: dict) -> Iterator[tuple[str, list[int], np.ndarray]]:
-    """Yields (id, [0, *tags], maps (1 + k) x H x W) for the training rows. spec: a `rounds.<key>`
-    section. scores (filled as it goes): confusion matrices of the segmenter's restricted argmax
-    ("segmenter") and of the expanded maps' argmax ("mined") where masks exist, for scoring only."""
+def predict_train(model, root: Path, rows: list[dict], n_classes: int, spec: dict, device, precision: str):
+    """Pass 1: (kept, prototypes): per row (row, tags, restricted probabilities as uint8, float16
+    features), and the class prototypes of the confident regions of all rows."""
     model.eval()
     hook = _Features(model)
-    n = len(classes)
     kept, protos = [], None
     try:
         for row in tqdm(rows, desc="round: predict train", unit="img", dynamic_ncols=True):
@@ -64,23 +61,38 @@ def round_maps(model, root: Path, rows: list[dict], classes: list[str], spec: di
             tags = list(row["tags"])
             restricted = mining.restrict(probs, tags)
             if protos is None:
-                protos = mining.Prototypes(n, features.shape[0])
+                protos = mining.Prototypes(n_classes, features.shape[0])
             protos.add(features, _resize(restricted, features.shape[-2:]), tags, spec["mining"]["confidence"])
             kept.append((row, tags, np.round(restricted * 255).astype(np.uint8), features.astype(np.float16)))
     finally:
         hook.handle.remove()
+    return kept, protos
+
+
+def mine(kept: list, protos: "mining.Prototypes", root: Path, n_classes: int, mining_cfg: dict, saliency_dir: str,
+         scores: dict) -> Iterator[tuple[str, list[int], np.ndarray]]:
+    """Pass 2: yields (id, [0, *tags], maps (1 + k) x H x W) for the kept rows; scores (filled as it
+    goes): confusion matrices of the segmenter's restricted argmax ("segmenter") and of the mined
+    maps' argmax ("mined") where masks exist, for scoring only."""
     vectors = protos.vectors() if protos is not None else None
-    scores.update(segmenter=np.zeros((n, n), np.int64), mined=np.zeros((n, n), np.int64))
+    scores.update(segmenter=np.zeros((n_classes, n_classes), np.int64), mined=np.zeros((n_classes, n_classes), np.int64))
     for row, tags, restricted_u8, features in tqdm(kept, desc="round: mine prototypes", unit="img", dynamic_ncols=True):
         restricted = restricted_u8.astype(np.float32) / 255.0
-        similar = mining.similarity(features.astype(np.float32), vectors, tags, spec["mining"]["temperature"])
-        maps = mining.expand(restricted, _resize(similar, restricted.shape[-2:]), spec["mining"]["weight"])
-        saliency = load_saliency(Path(root), saliency_cfg["saliency_dir"], row["id"], restricted.shape[-2:])
+        similar = mining.similarity(features.astype(np.float32), vectors, tags, mining_cfg["temperature"])
+        maps = mining.expand(restricted, _resize(similar, restricted.shape[-2:]), mining_cfg["weight"])
+        saliency = load_saliency(Path(root), saliency_dir, row["id"], restricted.shape[-2:])
         if saliency is not None:
             maps = mining.bayes(maps, saliency)
         if row["has_mask"]:  # scored only: the masks never shape the maps
             lookup = np.array([0, *tags], np.uint8)
-            mask = voc.load_mask(root, row["id"], n)
-            scores["segmenter"] += confusion(mask, lookup[restricted.argmax(0)], n)
-            scores["mined"] += confusion(mask, lookup[maps.argmax(0)], n)
+            mask = voc.load_mask(root, row["id"], n_classes)
+            scores["segmenter"] += confusion(mask, lookup[restricted.argmax(0)], n_classes)
+            scores["mined"] += confusion(mask, lookup[maps.argmax(0)], n_classes)
         yield row["id"], [0, *tags], maps
+
+
+def round_maps(model, root: Path, rows: list[dict], classes: list[str], spec: dict, saliency_cfg: dict,
+               device, precision: str, scores: dict) -> Iterator[tuple[str, list[int], np.ndarray]]:
+    """Both passes for the training rows; spec: a `rounds.<key>` section (see `mine` for scores)."""
+    kept, protos = predict_train(model, root, rows, len(classes), spec, device, precision)
+    yield from mine(kept, protos, root, len(classes), spec["mining"], saliency_cfg["saliency_dir"], scores)
