@@ -322,7 +322,9 @@ def _message(err: dict) -> str:
     if kind == "params" and ctx["field"]:
         loc += (ctx["field"],)
     key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "params"
-    if kind == "extra_forbidden":
+    if kind == "extra_forbidden" and tuple(loc) == ("pseudo_labels", "source"):
+        msg = "replaced by pseudo_labels.maps (refined: artifacts/refined_maps, raw: artifacts/maps)"
+    elif kind == "extra_forbidden":
         msg = f"unknown key (known here: {', '.join(sorted(_schema_at(loc[:-1]).model_fields))})"
     elif kind in _TYPES:
         got = "a boolean" if isinstance(value, bool) else type(value).__name__

@@ -116,3 +116,8 @@ def test_cli_names_foreach_items(capsys):
     assert "label_round@r1, label_round@r2" in capsys.readouterr().err
     assert main(["pseudo_labels@r1"]) == 2
     assert "runs once" in capsys.readouterr().err
+
+
+def test_the_old_source_key_says_what_replaced_it():
+    with pytest.raises(ParamsError, match="pseudo_labels.source: replaced by pseudo_labels.maps"):
+        load(REPO / "params.yaml", ["pseudo_labels.source=raw"])
