@@ -55,19 +55,22 @@ def over_segment(image: np.ndarray, cfg: dict) -> np.ndarray:
 def similarity(a: Region, b: Region, border: list, cfg: dict, superpixel_size: float) -> float:
     """In [0, 1]; 1: merge first."""
     count, edge_sum = border
-    # Content: the colour difference relative to the regions' own spread, so textured regions
-    # tolerate larger differences; colour_floor keeps flat regions from an infinite contrast.
-    spread = a.var + b.var + cfg["colour_floor"] ** 2
+    # Content: the colour difference relative to the regions' own spread (texture), so textured
+    # regions tolerate larger differences. The smaller spread of the two: a region that already
+    # grew across an object boundary has a large spread and must not swallow its flat neighbours
+    # (with the sum, merging chained into one region per image). colour_floor: flat regions' noise.
+    spread = np.minimum(a.var, b.var) + cfg["colour_floor"] ** 2
     content = float(np.exp(-np.mean((a.mean - b.mean) ** 2 / spread)))
     # Border: a strong edge along the common border says two objects meet there.
     edge = float(np.exp(-edge_sum / count / cfg["edge_scale"]))
-    # Adaptive scale: trust content once both regions span several superpixels, the border before.
+    # Adaptive scale: trust content once both regions span several superpixels, the border before;
+    # a weighted geometric mean, so a strong edge still keeps large regions apart.
     smaller = min(a.n, b.n)
     alpha = smaller / (smaller + cfg["size_scale"] * superpixel_size)
     # A region mostly enclosed by the other (a long shared border) is a better merge than a touch:
     # the exponent lifts the similarity towards 1 but keeps 0 at 0, so it never overrides an edge.
     shared = count / min(a.perimeter, b.perimeter)
-    return (alpha * content + (1 - alpha) * edge) ** (1 - shared / 2)
+    return (content ** alpha * edge ** (1 - alpha)) ** (1 - shared / 2)
 
 
 def _initial_regions(image: np.ndarray, segments: np.ndarray) -> list[Region]:
