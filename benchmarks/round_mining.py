@@ -55,7 +55,7 @@ def main() -> None:
                     for (i, c, m), r in zip(mine(kept, protos, root, n, {**spec["mining"], "weight": weight},
                                                  cfg["saliency_dir"], scores), kept)]
             conf, ignored, total = np.zeros((n, n), np.int64), 0, 0
-            for _, labels, c in pool.imap(label_image, jobs, chunksize=2):
+            for _, labels, c, _ in pool.imap(label_image, jobs, chunksize=2):
                 ignored, total = ignored + int((labels == IGNORE).sum()), total + labels.size
                 conf += c if c is not None else 0
             row = {"round": args.round, "weight": weight, "scales": spec["scales"], "flip": spec["flip"],

@@ -28,6 +28,7 @@ def label_all(params: dict, maps_dir: str | Path, out_dir: Path, name: str, extr
     rows = {r["id"]: r for r in voc.split_rows(manifest, params["data"]["train_split"])}
     n = len(classes)
     conf, ignored, total = np.zeros((n, n), np.int64), 0, 0
+    sp_seconds = []   # per image, in its worker, with pseudo_labels.superpixels.enabled
     jobs = ((str(root), i, c, m, cfg, rows[i]["has_mask"], n)
             for i, c, m in mapstore.read(maps_dir, as_uint8=True))
     workers = cfg["workers"] or os.cpu_count() or 1
@@ -37,12 +38,14 @@ def label_all(params: dict, maps_dir: str | Path, out_dir: Path, name: str, extr
         nonlocal conf, ignored, total
         # spawn, not fork: a parent that already ran torch (OpenMP) can deadlock forked children.
         with mp.get_context("spawn").Pool(workers) as pool:
-            for image_id, labels, c in tqdm(pool.imap(label_image, jobs, chunksize=2), total=len(rows),
-                                            desc=f"{name} (CRF)", unit="img", dynamic_ncols=True):
+            for image_id, labels, c, sp_s in tqdm(pool.imap(label_image, jobs, chunksize=2), total=len(rows),
+                                                  desc=f"{name} (CRF)", unit="img", dynamic_ncols=True):
                 ignored += int((labels == IGNORE).sum())
                 total += labels.size
                 if c is not None:
                     conf += c
+                if sp_s is not None:
+                    sp_seconds.append(sp_s)
                 yield image_id, labels
 
     with atomic_path(paths.REPORTS / name) as samples_dir:
@@ -61,6 +64,8 @@ def label_all(params: dict, maps_dir: str | Path, out_dir: Path, name: str, extr
     metrics = {"maps": str(maps_dir), **(extra or {}), "n_images": count,
                "ignored_fraction": round(ignored / max(total, 1), 4),
                "seconds": round(time.perf_counter() - start, 1), "workers": workers}
+    if sp_seconds:
+        metrics["superpixel_seconds_per_image"] = round(float(np.mean(sp_seconds)), 3)
     if conf.sum():
         metrics = {**summary(conf, classes), **metrics}
     return write_stage_outputs(name, metrics, plots={f"{name}_per_class.csv": per_class_csv(metrics.get("per_class_iou", {}))},

@@ -5,25 +5,32 @@ Core: `make_labels` (image, maps, params in; a label map with 255 = uncertain ou
   the CRF sharpens the labels along image edges; a pixel becomes 255 when the CRF and the maps
   disagree, when its winning score lies within `uncertain_margin` of the background cue, and, with
   saliency, when two or more object classes claim it or a salient pixel ends up background.
+  With `superpixels.enabled`, each region of merged superpixels then takes the majority of its
+  labels (labelling/superpixels.py): labels snap to image regions and 255 pixels inside a
+  decided region get its label.
 `label_image` is one image's unit of work for the process pool (picklable, no torch).
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from dataset import voc
+from labelling import superpixels
 from labelling.crf import dense_crf
 from scoring.metrics import IGNORE, confusion
 
 
 def make_labels(image: np.ndarray, maps: np.ndarray, classes: list[int], cfg: dict,
-                saliency: np.ndarray | None = None, background: np.ndarray | None = None) -> np.ndarray:
+                saliency: np.ndarray | None = None, background: np.ndarray | None = None,
+                timing: dict | None = None) -> np.ndarray:
     """maps: k x H x W in [0, 1] for the image's tagged classes (dataset indices in `classes`).
     background: the maps' own background score (a label round's segmenter has one), which then
-    replaces the threshold or saliency cue."""
+    replaces the threshold or saliency cue. `timing`, when given, gets the superpixel step's
+    seconds under "superpixels"."""
     h, w = image.shape[:2]
     lookup = np.array([0] + list(classes), dtype=np.uint8)
     if len(classes) == 0:
@@ -45,6 +52,12 @@ def make_labels(image: np.ndarray, maps: np.ndarray, classes: list[int], cfg: di
         salient_background = (saliency > cfg["saliency_threshold"]) & (labels == 0)
         uncertain |= claimed | salient_background
     labels[uncertain] = IGNORE
+    sp = cfg.get("superpixels")
+    if sp and sp["enabled"]:
+        start = time.perf_counter()
+        labels = superpixels.vote(labels, superpixels.regions(image, sp), sp)
+        if timing is not None:
+            timing["superpixels"] = time.perf_counter() - start
     return labels
 
 
@@ -61,15 +74,17 @@ def load_saliency(root: Path, subdir: str, image_id: str, shape) -> np.ndarray |
 
 
 def label_image(job):
-    """(root, id, classes, uint8 maps, cfg, has_mask, n_classes) -> (id, labels, confusion or None)."""
+    """(root, id, classes, uint8 maps, cfg, has_mask, n_classes)
+    -> (id, labels, confusion or None, superpixel seconds or None)."""
     root, image_id, classes, maps_u8, cfg, has_mask, n_classes = job
     image = voc.load_image(root, image_id)
     saliency = load_saliency(Path(root), cfg["saliency_dir"], image_id, image.shape[:2])
     maps, background = maps_u8.astype(np.float32) / 255.0, None
     if len(classes) and classes[0] == 0:  # class 0 is background: the maps bring their own cue
         maps, background, classes = maps[1:], maps[0], list(classes[1:])
-    labels = make_labels(image, maps, classes, cfg, saliency, background)
+    timing = {}
+    labels = make_labels(image, maps, classes, cfg, saliency, background, timing)
     conf = None
     if has_mask:  # scored only: the mask never shapes the labels
         conf = confusion(voc.load_mask(root, image_id, n_classes), labels, n_classes)
-    return image_id, labels, conf
+    return image_id, labels, conf, timing.get("superpixels")
