@@ -248,6 +248,17 @@ def proposal_regions(image: np.ndarray, cfg: dict) -> np.ndarray:
 # --- the map export's PRM side -------------------------------------------------------------------
 
 CONTACT_SHEET = "instances_contact_sheet.png"
+TILE_W = 240   # contact-sheet tile width: overlays are drawn at this size, so their labels stay legible
+
+
+def thumbnail_overlay(image: np.ndarray, found: list[tuple[int, float, np.ndarray]], classes: list[str]) -> np.ndarray:
+    """panels.instances_overlay of the image and masks scaled to TILE_W wide."""
+    h, w = image.shape[:2]
+    size = (TILE_W, max(1, round(h * TILE_W / w)))
+    small = np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    masks = [np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 127
+             for _, _, m in found]
+    return panels.instances_overlay(small, [(c, s, m) for (c, s, _), m in zip(found, masks)], classes)
 
 
 @dataclass
@@ -290,13 +301,13 @@ class PrmExport:
                 self.hits += int((gt == cls).sum())
                 self.labelled += int((gt != 255).sum())
         if found and len(self.tiles) < self.cfg["n_contact"]:
-            self.tiles.append((f"{image_id}: {len(found)}", panels.instances_overlay(image, found, self.classes)))
+            self.tiles.append((f"{image_id}: {len(found)}", thumbnail_overlay(image, found, self.classes)))
         return maps, found
 
     def write_reports(self, report_dir: Path) -> dict:
         """The contact sheet (instances_contact_sheet.png) into the report folder being written."""
         if self.tiles:
-            panels.contact_sheet(self.tiles).save(report_dir / CONTACT_SHEET)
+            panels.contact_sheet(self.tiles, tile_w=TILE_W).save(report_dir / CONTACT_SHEET)
         return {"contact_sheet_images": len(self.tiles)}
 
     def write_store(self, store: Path) -> dict:
