@@ -184,6 +184,7 @@ class Prm(Section):
     peak_threshold: Prob = 0.5                        # peaks below this fraction of the class map's max: dropped
     backprop: Literal["gradient", "excitation"] = "excitation"   # plain input gradient | the reference's rule
     sigma: float = Field(8.0, ge=0.0, le=100.0)      # Gaussian smoothing of each peak's map, pixels (0: none)
+    region_mean: bool = True                         # class maps averaged within each proposal region
     regions: Literal["felzenszwalb", "slic"] = "felzenszwalb"   # the instance masks' region proposals
     region_scale: float = Field(200.0, ge=1.0, le=100_000.0)    # felzenszwalb scale / slic n_segments
     instance_fraction: Prob = 0.3                    # a region joins a peak's mask above this x its best region

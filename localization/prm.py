@@ -154,14 +154,25 @@ def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False, antialias=True)[:, 0]
 
 
+def region_mean(maps: np.ndarray, regions: np.ndarray) -> np.ndarray:
+    """Each k x H x W map replaced, in every region of the H x W label map, by its mean there."""
+    labels = regions.reshape(-1).astype(np.int64)
+    labels = labels - labels.min() if labels.size else labels
+    sizes = np.maximum(np.bincount(labels), 1)
+    out = [(np.bincount(labels, weights=m.reshape(-1), minlength=len(sizes)) / sizes)[labels].reshape(m.shape)
+           for m in maps]
+    return np.stack(out).astype(np.float32) if out else maps
+
+
 def class_maps(model, image: np.ndarray, tags: list[int], scales: list[float], flip: bool, device,
-               cfg: dict, window: int) -> tuple[np.ndarray, list[Peak]]:
+               cfg: dict, window: int, regions: np.ndarray | None = None) -> tuple[np.ndarray, list[Peak]]:
     """(k x H x W maps in [0, 1], every peak's response at image size).
 
     Each peak's response is resized to the image, smoothed by cfg["sigma"] pixels (input gradients
     are spiky: a few strong pixels on edges and textures, not a region) and scaled to max 1; a
-    class's map at one view is the max over its peaks, summed over the views (scales, flips) and
-    scaled to max 1, as CAMs are in localization.cams.multiscale_maps."""
+    class's map at one view is the max over its peaks, summed over the views (scales, flips), with
+    cfg["region_mean"] averaged within each of `regions` (the superpixels: the map then follows
+    image edges), and scaled to max 1, as CAMs are in localization.cams.multiscale_maps."""
     h, w = image.shape[:2]
     if not tags:
         return np.zeros((0, h, w), np.float32), []
@@ -186,8 +197,10 @@ def class_maps(model, image: np.ndarray, tags: list[int], scales: list[float], f
                 view[k] = torch.maximum(view[k], r)
                 peaks.append(Peak(c + 1, value, r.numpy()))
             total += view
-    total = total / total.flatten(1).amax(1).clamp_min(1e-5)[:, None, None]
-    return total.numpy(), peaks
+    maps = total.numpy()
+    if cfg.get("region_mean") and regions is not None:
+        maps = region_mean(maps, regions)
+    return maps / np.maximum(maps.reshape(len(maps), -1).max(1), 1e-5)[:, None, None], peaks
 
 
 # --- instances ---------------------------------------------------------------------------------
@@ -285,13 +298,13 @@ class PrmExport:
     def maps(self, image_id: str, image: np.ndarray, tags: list[int],
              mask: np.ndarray | None) -> tuple[np.ndarray, list[tuple[int, float, np.ndarray]]]:
         """(k x H x W class maps in [0, 1], the image's instances)."""
+        regions = proposal_regions(image, self.cfg) if tags else None
         maps, peaks = class_maps(self.model, image, tags, self.cfg["scales"], self.maps_cfg["flip"], self.device,
-                                 self.cfg, self.window)
+                                 self.cfg, self.window, regions)
         found = []
         if peaks:
             found = instances(np.stack([p.response for p in peaks]), [p.cls for p in peaks],
-                              [p.score for p in peaks], proposal_regions(image, self.cfg),
-                              self.cfg["instance_fraction"], self.cfg["nms_iou"])
+                              [p.score for p in peaks], regions, self.cfg["instance_fraction"], self.cfg["nms_iou"])
         self.n_images += 1
         self.n_peaks += len(peaks)
         self.rows += instancestore.rows(image_id, found)

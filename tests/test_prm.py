@@ -148,11 +148,25 @@ def test_excitation_rule_keeps_forward_values_and_is_undone():
 
 def test_class_maps_are_image_sized_in_unit_range_with_one_peak_response_each():
     net = TinyNet().eval()
-    cfg = {"max_peaks": 3, "peak_threshold": 0.5, "backprop": "excitation", "sigma": 2.0}
+    cfg = {"max_peaks": 3, "peak_threshold": 0.5, "backprop": "excitation", "sigma": 2.0, "region_mean": False}
     maps, peaks = prm.class_maps(net, two_blobs_image(), [1], [1.0], False, torch.device("cpu"), cfg, 3)
     assert maps.shape == (1, 32, 48) and maps.min() >= 0 and maps.max() == pytest.approx(1.0)
     assert len(peaks) == 2 and all(p.cls == 1 and p.response.max() == pytest.approx(1.0) for p in peaks)
     assert maps[0, 8, 8] > 0.5 and maps[0, 22, 36] > 0.5 and maps[0, 28, 4] < 0.05
+
+
+def test_region_mean_makes_class_maps_follow_the_regions():
+    net = TinyNet().eval()
+    cfg = {"max_peaks": 3, "peak_threshold": 0.5, "backprop": "excitation", "sigma": 2.0, "region_mean": True}
+    regions = grid_regions()
+    maps, _ = prm.class_maps(net, two_blobs_image(), [1], [1.0], False, torch.device("cpu"), cfg, 3, regions)
+    assert maps.max() == pytest.approx(1.0)
+    for label in np.unique(regions):
+        values = maps[0][regions == label]
+        assert np.ptp(values) < 1e-6   # one value per region
+    plain, _ = prm.class_maps(net, two_blobs_image(), [1], [1.0], False, torch.device("cpu"),
+                              {**cfg, "region_mean": False}, 3, regions)
+    assert np.ptp(plain[0][regions == regions[8, 8]]) > 1e-3
 
 
 def blob(center, shape=(32, 48), sigma=3.0):
