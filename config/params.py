@@ -179,11 +179,11 @@ class Classifier(Localizer, Training):
 class Prm(Section):
     """maps.method prm: peak response maps (localization/prm.py)."""
 
-    scales: Scales = [1.0]                            # PRM's own (each peak costs a backward pass); flip: maps.flip
-    max_peaks: int = Field(3, ge=1, le=64)            # per class and scale, the strongest first
+    scales: Scales = [0.5]                            # PRM's own (each peak costs a backward pass); flip: maps.flip
+    max_peaks: int = Field(5, ge=1, le=64)            # per class and scale, the strongest first
     peak_threshold: Prob = 0.5                        # peaks below this fraction of the class map's max: dropped
     backprop: Literal["gradient", "excitation"] = "excitation"   # plain input gradient | the reference's rule
-    sigma: float = Field(8.0, ge=0.0, le=100.0)      # Gaussian smoothing of each peak's map, pixels (0: none)
+    sigma: float = Field(16.0, ge=0.0, le=100.0)     # Gaussian smoothing of each peak's map, pixels (0: none)
     region_mean: bool = True                         # class maps averaged within each proposal region
     regions: Literal["felzenszwalb", "slic"] = "felzenszwalb"   # the instance masks' region proposals
     region_scale: float = Field(200.0, ge=1.0, le=100_000.0)    # felzenszwalb scale / slic n_segments
