@@ -2,6 +2,7 @@
 
     python -m commands predict IN_DIR OUT_DIR [--checkpoint P] [--crf] [--params F] [--overwrite]
     python -m commands label-pngs OUT_DIR [--labels DIR] [--overwrite]
+    python -m commands instance-pngs OUT_DIR [--instances FILE] [--overwrite]
     python -m commands versions [--repo R] [--output PATH ...] list [--json]
     python -m commands versions diff A B [--json]
     python -m commands versions rollback V [--force]
@@ -9,7 +10,7 @@
     python -m commands versions setup-remote
 
 Only the glue lives here: parsing, messages and exit codes. The work is done by
-commands.predict.predict_folder, commands.label_pngs.export,
+commands.predict.predict_folder, commands.label_pngs.export, commands.instance_pngs.export,
 commands.versions and commands.outputs. Exit codes: 0 done; 2 a user error (missing input, a
 refused output folder, a bad version ref, a bad command line), printed as one `error: ...` line
 on stderr (a rollback refusal adds the files it would lose); 1 a git or dvc command failed.
@@ -30,7 +31,7 @@ from config import paths
 PROG = "python -m commands"
 
 app = typer.Typer(help="User commands beside the pipeline stages: segment new images, export the pseudo "
-                       "labels as PNGs, pseudo-label versions.",
+                       "labels or the PRM instances as PNGs, pseudo-label versions.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 versions_app = typer.Typer(help="Pseudo-label versions: list, diff, rollback, record (docs/orchestration.md).",
                            no_args_is_help=True, pretty_exceptions_enable=False)
@@ -88,6 +89,23 @@ def label_pngs(
     with user_errors(FileNotFoundError, NotADirectoryError, OutputError):
         n = export(labels, out_dir, overwrite=overwrite)
     typer.echo(f"{n} label PNGs -> {out_dir}")
+
+
+@app.command("instance-pngs")
+def instance_pngs(
+    out_dir: Annotated[Path, typer.Argument(help="output folder: an instance id PNG and a JSON per image")],
+    instances: Annotated[Path, typer.Option(help="the packed PRM instances (export_maps with maps.method: prm)")]
+        = paths.MAPS / "instances.parquet",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace OUT_DIR even if it holds files "
+                                                                "this command did not write")] = False,
+):
+    """Write the PRM instances as per-image id PNGs (0 = none, k = k-th best) and JSON (class, score)."""
+    from commands.instance_pngs import export
+    from commands.outputs import OutputError
+
+    with user_errors(FileNotFoundError, NotADirectoryError, OutputError):
+        n = export(instances, out_dir, overwrite=overwrite)
+    typer.echo(f"{n} images with instances -> {out_dir} (id PNGs and JSON)")
 
 
 @contextlib.contextmanager

@@ -51,6 +51,12 @@ def _registered(registry: str, exclude: tuple[str, ...] = ()):
     return Annotated[str, AfterValidator(check)]
 
 
+def _odd(n: int) -> int:
+    if n % 2 == 0:
+        raise _invalid(f"{n} is even: a peak window needs a centre pixel (1, 3, 5, ...)")
+    return n
+
+
 def _ordered(pair: list[int]) -> list[int]:
     if pair[0] > pair[1]:
         raise _invalid("the first value must not exceed the second")
@@ -64,6 +70,7 @@ SegmenterLoss = _registered("LOSSES", exclude=("multilabel_soft_margin",))   # t
 Channels = Annotated[int, Field(ge=1)]
 Count = Annotated[int, Field(ge=1, le=100_000)]
 Epochs = Annotated[int, Field(ge=1, le=1000)]
+PeakWindow = Annotated[int, Field(ge=1, le=15), AfterValidator(_odd)]   # local-maximum window, pixels of the map
 FrozenBlocks = Annotated[int, Field(ge=0, le=1000)]   # stem + first N backbone blocks not trained
 Precision = Literal["auto", "fp32", "bf16"]   # bf16: autocast; auto: bf16 where native (training/runtime.py)
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -162,12 +169,32 @@ class ContextPaste(Section):
 
 
 class Classifier(Localizer, Training):
+    pooling: Literal["gap", "peaks"] = "gap"   # image score: map mean, or mean of its local peaks (PRM)
+    peak_window: PeakWindow = 3   # pooling peaks, and the peaks PRM export backpropagates from
     drs: Drs = Drs()
     context_paste: ContextPaste = ContextPaste()
     limit: int = Field(0, ge=0)   # use only the first N training images (0 = all)
 
 
+class Prm(Section):
+    """maps.method prm: peak response maps (localization/prm.py)."""
+
+    scales: Scales = [0.5]                            # PRM's own (each peak costs a backward pass); flip: maps.flip
+    max_peaks: int = Field(5, ge=1, le=64)            # per class and scale, the strongest first
+    peak_threshold: Prob = 0.5                        # peaks below this fraction of the class map's max: dropped
+    backprop: Literal["gradient", "excitation"] = "excitation"   # plain input gradient | the reference's rule
+    sigma: float = Field(16.0, ge=0.0, le=100.0)     # Gaussian smoothing of each peak's map, pixels (0: none)
+    region_mean: bool = True                         # class maps averaged within each proposal region
+    regions: Literal["felzenszwalb", "slic", "merged"] = "felzenszwalb"   # region proposals (merged: labelling/superpixels.py)
+    region_scale: float = Field(200.0, ge=1.0, le=100_000.0)    # felzenszwalb scale / slic n_segments
+    instance_fraction: Prob = 0.3                    # a region joins a peak's mask above this x its best region
+    nms_iou: Prob = 0.5                              # same-class instances overlapping more: the weaker dropped
+    n_contact: int = Field(24, ge=0, le=1000)         # images in reports/maps/instances_contact_sheet.png
+
+
 class Maps(Section):
+    method: Literal["cam", "prm"] = "cam"   # cam: class activation maps | prm: peak response maps + instances
+    prm: Prm = Prm()
     scales: Scales = [0.5, 1.0, 1.5]
     flip: bool = False
     threshold_start: Prob = 0.05   # background-threshold sweep for the evaluation

@@ -2,7 +2,9 @@
 
 Core: `multiscale_maps` (model, image, tags in; k x H x W maps in [0, 1] out), batched over the
 flips of each scale. `export` streams them into packed shards, scores them against masks where
-there are masks and writes a few overlays; the raw and the refined map stages both call it.
+there are masks and writes a few overlays; the raw and the refined map stages both call it. With
+method "prm" (the raw maps' maps.method) the maps are peak response maps instead, and the
+instances found with them are stored too (localization/prm.py).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from tqdm import tqdm
 
 from config import paths
 from dataset import voc
+from localization.prm import PrmExport
 from scoring.metrics import per_class_csv
 from scoring.sweep import ThresholdSweep, thresholds
 from stores.atomic import atomic_path
@@ -44,8 +47,10 @@ def multiscale_maps(model, image: np.ndarray, tags: list[int], scales: list[floa
     return total.cpu().numpy()
 
 
-def export(model, classes: list[str], params: dict, device, store: Path, name: str) -> dict:
-    """Maps for the training split into `store`; metrics/<name>.json, plots/<name>_sweep.csv, reports/<name>/."""
+def export(model, classes: list[str], params: dict, device, store: Path, name: str, method: str = "cam") -> dict:
+    """Maps for the training split into `store`; metrics/<name>.json, plots/<name>_sweep.csv, reports/<name>/.
+    method prm: peak response maps, plus `store`/instances.parquet and instance overlays and a
+    contact sheet in reports/<name>/."""
     cfg = params["maps"]
     manifest, manifest_classes, root = voc.read_manifest(paths.MANIFEST)
     if manifest_classes != classes:
@@ -54,6 +59,8 @@ def export(model, classes: list[str], params: dict, device, store: Path, name: s
     sweep = ThresholdSweep(thresholds(cfg["threshold_start"], cfg["threshold_stop"], cfg["threshold_step"]), len(classes))
     report_dir = paths.REPORTS / name
     evaluated, start = 0, time.perf_counter()
+    prm = PrmExport(model, classes, cfg, device) if method == "prm" else None
+    prm_metrics: dict = {}
 
     def records():
         nonlocal evaluated
@@ -61,19 +68,31 @@ def export(model, classes: list[str], params: dict, device, store: Path, name: s
             tmp_reports.mkdir()
             for i, row in enumerate(tqdm(rows, desc=f"export {name}", unit="img", dynamic_ncols=True)):
                 image = voc.load_image(root, row["id"])
-                with autocast(device, cfg["precision"]):
-                    maps = multiscale_maps(model, image, row["tags"], cfg["scales"], cfg["flip"], device)
                 mask = voc.load_mask(root, row["id"], len(classes)) if row["has_mask"] else None
+                if prm:
+                    maps, found = prm.maps(row["id"], image, row["tags"], mask)
+                else:
+                    with autocast(device, cfg["precision"]):
+                        maps = multiscale_maps(model, image, row["tags"], cfg["scales"], cfg["flip"], device)
                 if mask is not None:
                     sweep.add(maps, row["tags"], mask)
                     evaluated += 1
                 if i < cfg["n_overlays"]:
                     panels.maps_panel(image, maps, row["tags"], mask, classes).save(tmp_reports / f"{row['id']}.png")
+                    if prm:
+                        panels.instances_panel(image, found, mask, classes).save(tmp_reports / f"{row['id']}_instances.png")
                 yield row["id"], row["tags"], maps
+            if prm:
+                prm_metrics.update(prm.write_reports(tmp_reports))
 
     n = write_maps(records(), store, cfg["shard_size"])
-    metrics = {"n_images": n, "n_evaluated": evaluated, "seconds": round(time.perf_counter() - start, 1),
-               "scales": cfg["scales"], "flip": cfg["flip"], "precision": resolve_precision(device, cfg["precision"])}
+    if prm:
+        prm_metrics.update(prm.write_store(store))
+    seconds = time.perf_counter() - start
+    metrics = {"n_images": n, "n_evaluated": evaluated, "seconds": round(seconds, 1),
+               "seconds_per_image": round(seconds / max(n, 1), 3), "method": method,
+               "scales": cfg["scales"], "flip": cfg["flip"],
+               "precision": "fp32" if prm else resolve_precision(device, cfg["precision"]), **prm_metrics}
     sweep_csv, per_class = "threshold,miou\n", {}
     if evaluated:  # without masks there is nothing to score; the plots stay empty
         result = sweep.result(classes)

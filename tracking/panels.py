@@ -169,3 +169,81 @@ def labels_panel(image: np.ndarray, predictions: list[tuple[str, np.ndarray]], m
         columns.append(("ground truth", images.colour_labels(mask)))
         arrays.append(mask)
     return compose(columns, _legend_items(arrays, class_names))
+
+
+# Instance colours: distinct hues, cycled; an instance's colour is its rank in its image, not its class.
+INSTANCE_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+                    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
+
+
+def instances_overlay(image: np.ndarray, found: list[tuple[int, float, np.ndarray]],
+                      class_names: list[str]) -> np.ndarray:
+    """The image with each instance (class, score, H x W bool mask) tinted in its own colour,
+    outlined, and labelled `class score` at the mask's inner point nearest its centroid; the best
+    instance is drawn last, on top."""
+    out = image.astype(np.float32).copy()
+    edges = []
+    for k, (_, _, mask) in reversed(list(enumerate(found))):
+        colour = np.array(INSTANCE_COLOURS[k % len(INSTANCE_COLOURS)], np.float32)
+        out[mask] = 0.45 * out[mask] + 0.55 * colour
+        inner = mask.copy()
+        inner[1:] &= mask[:-1]
+        inner[:-1] &= mask[1:]
+        inner[:, 1:] &= mask[:, :-1]
+        inner[:, :-1] &= mask[:, 1:]
+        edges.append((mask & ~inner, colour))
+    for edge, colour in edges:
+        out[edge] = colour
+    picture = Image.fromarray(out.astype(np.uint8))
+    draw, font = ImageDraw.Draw(picture), _font()
+    for k, (cls, score, mask) in enumerate(found):
+        ys, xs = np.nonzero(mask)
+        if not len(ys):
+            continue
+        nearest = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+        name = class_names[cls] if cls < len(class_names) else f"class {cls}"
+        text = f"{name} {score:.2f}"
+        box = draw.textbbox((int(xs[nearest]), int(ys[nearest])), text, font=font)
+        draw.rectangle(box, fill=(0, 0, 0))
+        draw.text((box[0], box[1]), text, fill=INSTANCE_COLOURS[k % len(INSTANCE_COLOURS)], font=font)
+    return np.asarray(picture)
+
+
+def instances_panel(image: np.ndarray, found: list[tuple[int, float, np.ndarray]], mask: np.ndarray | None,
+                    class_names: list[str]) -> Image.Image:
+    """Image | its instances (instances_overlay) | ground truth (if any)."""
+    columns = [("image", image), (f"instances: {len(found)}", instances_overlay(image, found, class_names))]
+    legend = []
+    if mask is not None:
+        columns.append(("ground truth", images.colour_labels(mask)))
+        legend = _legend_items([mask], class_names)
+    return compose(columns, legend)
+
+
+def contact_sheet(tiles: list[tuple[str, np.ndarray]], columns: int = 6, tile_w: int = 240) -> Image.Image:
+    """Many (title, H x W x 3) pictures on one sheet: a grid of `columns`, each scaled to `tile_w`
+    wide (height in proportion, rows as tall as their tallest), its title above it."""
+    if not tiles:
+        raise ValueError("contact sheet: no tiles")
+    font = _font()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = probe.textbbox((0, 0), "Ag(", font=font)[3] + 3
+    scaled = []
+    for title, array in tiles:
+        array = _rgb(array)
+        h, w = array.shape[:2]
+        size = (tile_w, max(1, round(h * tile_w / w)))
+        scaled.append((_fit(probe, title, font, tile_w - 2 * PAD), Image.fromarray(array).resize(size, Image.BILINEAR)))
+    rows = [scaled[i:i + columns] for i in range(0, len(scaled), columns)]
+    heights = [line_h + PAD + max(t.height for _, t in row) + PAD for row in rows]
+    width = min(columns, len(scaled)) * (tile_w + PAD) + PAD
+    sheet = Image.new("RGB", (width, sum(heights) + PAD), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    y = PAD
+    for row, row_h in zip(rows, heights):
+        for i, (title, tile) in enumerate(row):
+            x = PAD + i * (tile_w + PAD)
+            draw.text((x, y), title, fill=TEXT, font=font)
+            sheet.paste(tile, (x, y + line_h))
+        y += row_h
+    return sheet
