@@ -221,7 +221,7 @@ class Refiner(Localizer, Aspp, Training):
 class Superpixels(Section):
     """labelling/superpixels.py: labels voted per region of merged superpixels."""
 
-    enabled: bool = False
+    enabled: bool = True
     n_segments: int = Field(400, ge=2, le=100_000)   # SLIC superpixels before merging
     compactness: float = Field(10.0, ge=0.01, le=1000.0)   # SLIC: higher = squarer, lower = hugs edges
     threshold: Prob = 0.5   # merge while the most similar adjacent pair is at least this similar
@@ -229,7 +229,7 @@ class Superpixels(Section):
     colour_floor: float = Field(5.0, ge=0.1, le=100.0)   # Lab units: the least colour spread a region has
     edge_scale: float = Field(10.0, ge=0.1, le=1000.0)   # mean Sobel magnitude (Lab) along a border: x e^-1
     size_scale: float = Field(4.0, ge=0.01, le=10_000.0)   # superpixels: content and border weigh equally
-    vote_min: Prob = 0.5   # the majority's share of a region's labelled pixels needed to label it
+    vote_min: Prob = 0.6   # the majority's share of a region's labelled pixels needed to label it
     min_labelled: Prob = 0.2   # and the labelled share of the region
     undecided: Literal["keep", "ignore"] = "keep"   # other regions: their per-pixel labels, or 255
 
