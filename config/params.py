@@ -243,7 +243,7 @@ def round_maps(key: str) -> str:
 
 
 class PseudoLabels(Section):
-    maps: str = "artifacts/refined_maps"   # the maps that become labels: MAP_SOURCES, or the last round's
+    maps: str = "artifacts/rounds/r1/maps"   # the maps that become labels: MAP_SOURCES, or the last round's
     bg_threshold: Prob = 0.45
     temperature: float = Field(0.1, ge=0.001, le=10.0)   # scores -> CRF probabilities: softmax(scores / t)
     uncertain_margin: Prob = 0.05
@@ -309,7 +309,7 @@ class Params(Section):
     classifier: Classifier = Classifier()
     maps: Maps = Maps()
     refiner: Refiner = Refiner()
-    rounds: dict[str, Round] = {}   # label rounds before the last, in order: r1, r2, ...
+    rounds: dict[str, Round] = {"r1": Round(maps="artifacts/refined_maps")}   # rounds before the last: r1, r2, ...
     pseudo_labels: PseudoLabels = PseudoLabels()
     segmenter: Segmenter = Segmenter()
     reference: Reference = Reference()

@@ -60,7 +60,7 @@ def test_weak_segmenter_clears_the_constant_baselines(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WSSS_TRACKING", "off")
     params = load(REPO / "params.yaml", [
-        "data.root=data/demo", "classifier.epochs=8", "segmenter.epochs=8", "pseudo_labels.maps=artifacts/maps",
+        "data.root=data/demo", "classifier.epochs=8", "segmenter.epochs=8", "rounds={}", "pseudo_labels.maps=artifacts/maps",
         "segmenter.val_scales=[1.0]", "segmenter.val_flip=false", "reference.enabled=false"])
     d = params["demo"]
     demo.generate("data/demo", d["seed"], d["n_train"], d["n_val"], d["image_size"])
