@@ -15,15 +15,19 @@ from commands import gitdvc
 from commands import versions
 from tests.servers import git_env
 
-MAKE_LABELS = textwrap.dedent('''\
+# Three shards of bytes drawn from params.yaml's labels.seed (what every fake label stage writes).
+WRITE_SHARDS = textwrap.dedent('''\
     import json, os, random, yaml
-    seed = yaml.safe_load(open("params.yaml"))["labels"]["seed"]
+    params = yaml.safe_load(open("params.yaml"))
+    seed = params["labels"]["seed"]
     rng = random.Random(seed)
     os.makedirs("artifacts/pseudo_labels", exist_ok=True)
     for i in range(3):
         with open(f"artifacts/pseudo_labels/shard{i}.bin", "wb") as fh:
             fh.write(bytes(rng.randrange(256) for _ in range(4096)))
     os.makedirs("metrics", exist_ok=True)
+''')
+MAKE_LABELS = WRITE_SHARDS + textwrap.dedent('''\
     json.dump({"miou": 40.0 + seed, "per_class_iou": {"background": 80.0, "cat": seed * 1.0}},
               open("metrics/pseudo_labels.json", "w"))
 ''')
@@ -155,16 +159,7 @@ MAKE_ROUND = textwrap.dedent('''\
 ''')
 # The final labels depend on round r1 but (unlike a real pipeline) only their seed sets the bytes:
 # a change to r1 alone then leaves them identical, so only the round makes a new version.
-MAKE_FINAL = textwrap.dedent('''\
-    import json, os, random, yaml
-    params = yaml.safe_load(open("params.yaml"))
-    seed = params["labels"]["seed"]
-    rng = random.Random(seed)
-    os.makedirs("artifacts/pseudo_labels", exist_ok=True)
-    for i in range(3):
-        with open(f"artifacts/pseudo_labels/shard{i}.bin", "wb") as fh:
-            fh.write(bytes(rng.randrange(256) for _ in range(4096)))
-    os.makedirs("metrics", exist_ok=True)
+MAKE_FINAL = WRITE_SHARDS + textwrap.dedent('''\
     json.dump({"miou": 40.0 + seed, "ignored_fraction": 0.125, "round": len(params["rounds"]) + 1},
               open("metrics/pseudo_labels.json", "w"))
 ''')
