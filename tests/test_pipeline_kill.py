@@ -40,6 +40,9 @@ VARYING = {
     "metrics/summary.json", "metrics/results.md",
     # training curves: epoch,loss,seconds
     "plots/classifier_train.csv", "plots/refiner_train.csv", "plots/segmentation_train.csv", "plots/reference_train.csv",
+    # label round r1: its labels', segmenter's and maps' metrics carry seconds, its training curve too
+    "metrics/rounds/r1/pseudo_labels.json", "metrics/rounds/r1/segmentation.json", "metrics/rounds/r1/maps.json",
+    "plots/rounds/r1/segmentation_train.csv",
 }
 
 
