@@ -47,7 +47,7 @@ def test_deployment_run_goes_through_dvc_and_mlflow(tmp_path, monkeypatch):
 
         # Stage output streamed into the Prefect log; training tasks carry the gpu tag.
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-        logs = servers.run_logs(client, run.id, until="recorded labels-v1")
+        logs = servers.run_logs(client, run.id, until="recorded labels-v")
         assert "Running stage 'train_classifier'" in logs and "dvc exp run -S classifier.epochs=2" in logs
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
         tags = {t.name.rsplit("-", 1)[0]: set(t.tags) for t in task_runs}  # names end in "-<counter>"
@@ -84,7 +84,7 @@ def test_deployment_run_goes_through_dvc_and_mlflow(tmp_path, monkeypatch):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = {r.data.tags["stage"]: r for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
-    assert set(children) == set(stages)
+    assert set(children) == set(lock["stages"])   # one per stage DVC ran, foreach ones as name@key
     for stage, child in children.items():
         assert child.info.status == "FINISHED" and child.data.tags.get("git.commit")
         deps = {d["path"]: d["md5"] for d in lock["stages"][stage].get("deps", [])}
@@ -96,7 +96,10 @@ def test_deployment_run_goes_through_dvc_and_mlflow(tmp_path, monkeypatch):
 
     # The run changed the labels: a version (commit + tag) and the bytes in the default remote.
     tags = subprocess.run(["git", "tag"], cwd=repo, capture_output=True, text=True).stdout.split()
-    assert tags == ["labels-v1"]
+    # One version per label output the run made (each round's, then the final labels); the tag names the last.
+    made = versions.label_outputs(repo)
+    assert tags == [f"labels-v{len(made)}"] and len(made) == 2, (tags, made)
+    assert {v.output for v in versions.versions(repo)} == set(made)
     assert subprocess.run(["git", "status", "--porcelain", "dvc.lock", "params.yaml"], cwd=repo,
                           capture_output=True, text=True).stdout == ""
     assert any((repo / ".dvc-remote").rglob("*")), "dvc push left the remote empty"
