@@ -295,6 +295,7 @@ class Round(Section):
     scales: Scales = [0.75, 1.0, 1.25]      # its predictions on the training images (logits averaged)
     flip: bool = True
     mining: Mining = Mining()
+    superpixels: bool = False     # this round's labels voted per region (pseudo_labels.superpixels' settings)
 
 
 class Reference(Section):
@@ -456,7 +457,8 @@ def validate(raw: dict, overrides: Iterable[str] = ()) -> dict:
     if not isinstance(raw, dict):
         raise ParamsError("params: expected a mapping at the top level")
     over = functools.reduce(set_dotted, overrides, {})
-    merged = deep_merge(raw, over)
+    merged = functools.reduce(set_dotted, overrides, raw)   # `rounds.r1.epochs=5` edits r1, keeps its other keys
+    over.update({k: merged[k] for k in NAMED & set(over)})   # a named mapping an override touched: taken whole
     given = _check(merged)   # the user's own values, before the profile is read
     _require_all(merged, DEFAULTS)
     explicit = deep_merge(_changed(given, DEFAULTS), over)

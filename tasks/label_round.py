@@ -31,7 +31,9 @@ from tracking.outputs import write_stage_outputs
 def main(params: dict, key: str) -> dict:
     spec, out = params["rounds"][key], paths.round_dir(key)
     number = list(params["rounds"]).index(key) + 1
-    labels = label_all(params, spec["maps"], out / "pseudo_labels", f"rounds/{key}/pseudo_labels",
+    labelling = copy.deepcopy(params)   # superpixel voting is the round's own choice (rounds.<key>.superpixels)
+    labelling["pseudo_labels"]["superpixels"]["enabled"] = spec["superpixels"]
+    labels = label_all(labelling, spec["maps"], out / "pseudo_labels", f"rounds/{key}/pseudo_labels",
                        extra={"round": number})
 
     store = labelstore.read_dict(out / "pseudo_labels")

@@ -121,3 +121,32 @@ def test_cli_names_foreach_items(capsys):
 def test_the_old_source_key_says_what_replaced_it():
     with pytest.raises(ParamsError, match="pseudo_labels.source: replaced by pseudo_labels.maps"):
         load(REPO / "params.yaml", ["pseudo_labels.source=raw"])
+
+
+@pytest.mark.parametrize("vote", [False, True])
+def test_a_round_labels_with_superpixels_only_when_it_says_so(monkeypatch, vote):
+    """rounds.<key>.superpixels decides the round's labels; pseudo_labels.superpixels.enabled is the last labels'."""
+    from tasks import label_round
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_label_all(params, maps_dir, out_dir, name, extra=None):
+        seen.update(enabled=params["pseudo_labels"]["superpixels"]["enabled"], maps=maps_dir, name=name)
+        raise Stop
+
+    monkeypatch.setattr(label_round, "label_all", fake_label_all)
+    params = load(REPO / "params.yaml", [f"rounds.r1.superpixels={str(vote).lower()}",
+                                         f"pseudo_labels.superpixels.enabled={str(not vote).lower()}"])
+    with pytest.raises(Stop):
+        label_round.main(params, "r1")
+    assert seen == {"enabled": vote, "maps": "artifacts/refined_maps", "name": "rounds/r1/pseudo_labels"}
+    assert params["pseudo_labels"]["superpixels"]["enabled"] is (not vote)   # the caller's params untouched
+
+
+def test_a_dotted_override_edits_one_round_and_keeps_the_rest():
+    params = load(REPO / "params.yaml", ROUND + ["rounds.r2.epochs=3"])
+    assert params["rounds"]["r2"]["epochs"] == 3 and params["rounds"]["r2"]["maps"] == "artifacts/rounds/r1/maps"
+    assert list(params["rounds"]) == ["r1", "r2"]
+    assert load(REPO / "params.yaml", ["rounds.r1.flip=false"])["rounds"]["r1"]["maps"] == "artifacts/refined_maps"
