@@ -19,14 +19,26 @@ ROWS = [  # (metrics file, label, mIoU key, seconds keys)
 ]
 
 
+
+
+def rows(rounds=()) -> list[tuple]:
+    """ROWS with each label round's three rows (params.yaml `rounds` keys, in order) before the last labels."""
+    at = next(i for i, r in enumerate(ROWS) if r[0] == "pseudo_labels")
+    extra = [row for k in rounds for row in (
+        (f"rounds/{k}/pseudo_labels", f"round {k} labels (train)", "miou", ("seconds",)),
+        (f"rounds/{k}/segmentation", f"round {k} segmenter (val, 1 scale)", "val_miou", ("train_seconds", "eval_seconds")),
+        (f"rounds/{k}/maps", f"round {k} segmenter maps (train)", "mined_miou", ("seconds",)))]
+    return ROWS[:at] + extra + ROWS[at:]
+
+
 def _load(name: str) -> dict:
     path = paths.METRICS / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def summarize(metrics: dict[str, dict]) -> dict:
+def summarize(metrics: dict[str, dict], rounds=()) -> dict:
     table, total = [], 0.0
-    for name, label, key, seconds_keys in ROWS:
+    for name, label, key, seconds_keys in rows(rounds):
         m = metrics.get(name, {})
         seconds = sum(m.get(k, 0) or 0 for k in seconds_keys)
         total += seconds
@@ -48,8 +60,8 @@ def markdown(summary: dict, params: dict) -> str:
 
 
 def main(params: dict) -> dict:
-    names = {name for name, *_ in ROWS}
-    summary = summarize({n: _load(n) for n in names})
+    names = {name for name, *_ in rows(params["rounds"])}
+    summary = summarize({n: _load(n) for n in names}, params["rounds"])
     write_text(markdown(summary, params), paths.METRICS / "results.md")
     write_stage_outputs("summary", summary)
     return {"weak_to_full_ratio": summary["weak_to_full_ratio"], "total_seconds": summary["total_seconds"]}

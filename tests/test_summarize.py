@@ -22,3 +22,15 @@ def test_summary_table_ratio_and_total():
 
 def test_no_reference_no_ratio():
     assert summarize({"segmentation": {"val_miou": 45.0}})["weak_to_full_ratio"] is None
+
+
+def test_label_rounds_are_rows_and_count_in_the_total():
+    metrics = {"pseudo_labels": {"miou": 47.4, "seconds": 5.0},
+               "rounds/r1/pseudo_labels": {"miou": 44.1, "seconds": 2.0},
+               "rounds/r1/segmentation": {"val_miou": 38.8, "train_seconds": 100.0, "eval_seconds": 10.0},
+               "rounds/r1/maps": {"mined_miou": 45.8, "seconds": 20.0}}
+    s = summarize(metrics, ["r1"])
+    stages = [r["stage"] for r in s["table"]]
+    assert stages.index("round r1 labels (train)") < stages.index("CRF pseudo labels (train)")
+    assert [r["miou"] for r in s["table"] if r["stage"].startswith("round r1")] == [44.1, 38.8, 45.8]
+    assert s["total_seconds"] == 137.0 and summarize(metrics)["total_seconds"] == 5.0
