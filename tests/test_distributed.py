@@ -33,9 +33,10 @@ class Toy(torch.nn.Module):
         super().__init__()
         self.backbone = Backbone(torch.nn.Linear(3, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU())
         self.head = torch.nn.Linear(8, 1)
+        self.unused = torch.nn.Linear(8, 1)   # trainable but never called: DDP must cope (static_graph)
 
     def new_modules(self):
-        return [self.head]
+        return [self.head, self.unused]
 
     def forward(self, x):
         return self.head(self.backbone(x))
@@ -222,3 +223,44 @@ def test_distributed_relaunch_under_torchrun(monkeypatch):
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1"), monkeypatch.setenv("MASTER_PORT", "1")
     assert cli.main(["train_refiner", "--set", "distributed.nproc_per_node=2"]) == 0   # already a worker
     assert calls == []
+
+
+SMALL = ["pretrained=false", "epochs=2", "batch_size=4", "crop_size=32", "resize_long=[40,56]", "device=cpu",
+         "freeze_bn=false"]   # BN trains: DDP must still agree (no SyncBatchNorm on the CPU)
+
+
+def test_ddp_stages_through_the_cli_with_real_networks(voc_fixture, tmp_path, monkeypatch):
+    """`python -m tasks STAGE` with distributed.nproc_per_node=2 re-launches under torchrun: the real
+    classifier and segmenter train two steps under DDP (a parameter without a gradient fails the second),
+    rank 0 alone writes, and the command exits 0."""
+    import subprocess
+    import sys
+
+    from tasks import manifest
+    from tests.conftest import REPO
+
+    env = {**os.environ, "WSSS_TRACKING": "off", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    common = ["--params", str(REPO / "params.yaml"), "--set", f"data.root={voc_fixture}",
+              "--set", "distributed.nproc_per_node=2"]
+
+    def run(stage, *sets):
+        cmd = [sys.executable, "-m", "tasks", stage, *common, *[a for s in sets for a in ("--set", s)]]
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    monkeypatch.chdir(tmp_path)   # the manifest in this process: one interpreter start fewer
+    manifest.main({"data": {"root": str(voc_fixture), "train_split": "train", "val_split": "val"}})
+    done = run("train_classifier", *[f"classifier.{s}" for s in SMALL], "classifier.context_paste.prob=0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "torch.distributed.run --standalone --nproc_per_node=2" in done.stderr
+    metrics = json.loads((tmp_path / "metrics/classifier.json").read_text())
+    assert (metrics["world_size"], metrics["batch_per_rank"], metrics["global_batch"]) == (2, 2, 4)
+    assert "val_map" in metrics   # rank 0 scored after training, the other rank had left
+    done = run("train_reference", *[f"segmenter.{s}" for s in SMALL], "segmenter.aspp_channels=8",
+               "segmenter.val_scales=[1.0]", "segmenter.val_flip=false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "metrics/reference.json").read_text())["global_batch"] == 4
+    assert done.stdout.count('"enabled": true') == 1   # one result line: rank 0's
+    assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["classifier.pt", "manifest.parquet",
+                                                                          "reference.pt"]

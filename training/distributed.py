@@ -115,8 +115,7 @@ def stage(main):
 def on_main(fn, *args, **kwargs):
     """fn(...) on rank 0 only (it writes), the others waiting for it; its result on rank 0, else None."""
     result = fn(*args, **kwargs) if rank() == 0 else None
-    if active():
-        dist.barrier()
+    _barrier()
     return result
 
 
@@ -182,9 +181,18 @@ def step_fn(model, batch_loss, device: torch.device, freeze_bn: bool):
         return lambda batch: batch_loss(model, batch)
     if device.type == "cuda":
         _sync_batchnorm(model, freeze_bn)
+    # static_graph: every step uses the same parameters, so ones a network never uses (a backbone's
+    # unused head) are fine without find_unused_parameters' per-step graph walk
     ddp = torch.nn.parallel.DistributedDataParallel(
-        _Step(model, batch_loss), device_ids=[device.index] if device.type == "cuda" else None)
+        _Step(model, batch_loss), device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
     return lambda batch: ddp(*batch)
+
+
+def _barrier() -> None:
+    """Wait for every rank: an all-reduce of a CPU tensor, which goes through gloo whether or not
+    NCCL is there too (dist.barrier would have to pick a device)."""
+    if active():
+        dist.all_reduce(torch.zeros(1))
 
 
 def mean(value: float) -> float:
@@ -198,8 +206,6 @@ def mean(value: float) -> float:
 
 def leave_unless_main() -> None:
     """After training: ranks > 0 wait until all ranks are done, then leave; rank 0 goes on alone."""
-    if not active():
-        return
-    dist.barrier()
+    _barrier()
     if rank() != 0:
         raise Follower()
