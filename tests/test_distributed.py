@@ -14,6 +14,7 @@ from training import distributed, runtime
 from training.checkpoints import save
 from training.runtime import training_loader
 from training.trainer import fit
+from stores.atomic import write_text
 from tracking.outputs import write_stage_outputs
 
 N, BATCH, EPOCHS = 24, 4, 2
@@ -60,6 +61,8 @@ class Indexed(Dataset):
 def _toy_stage(seen: list) -> dict:
     """A training stage in miniature: fit, then a checkpoint and metrics (rank 0 only)."""
     torch.manual_seed(0)
+    # what must exist before training (a label round's labels): rank 0 writes it, the others wait
+    distributed.on_main(write_text, "labels\n", "artifacts/labels.txt")
     model = Toy()
     loader = training_loader(Indexed(), CFG)
 
@@ -132,7 +135,7 @@ def test_ddp_rank_zero_alone_writes_one_checkpoint_and_the_metrics(runs):
     tmp, _, (r0, r1) = runs
     work0, work1 = tmp / "world2/work0", tmp / "world2/work1"
     assert sorted(str(p.relative_to(work0)) for p in work0.rglob("*") if p.is_file()) == [
-        "artifacts/toy.pt", "metrics/toy.json"]
+        "artifacts/labels.txt", "artifacts/toy.pt", "metrics/toy.json"]
     assert list(work1.rglob("*")) == []   # rank 1 trained and left: nothing written
     assert r1["result"] == {} and len(r1["seen"]) > 0
     metrics = json.loads((work0 / "metrics/toy.json").read_text())
