@@ -27,7 +27,8 @@ import torch.distributed as dist
 from config.errors import StageError
 
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")   # what torchrun sets for every worker
-# Rank 0 alone runs the untimed parts (labelling before a round's training); the others wait for it.
+# How long a collective waits: the other ranks wait while rank 0 alone labels before a round's
+# training (torch's default, 10-30 min, is short for a large dataset)
 TIMEOUT = datetime.timedelta(hours=3)
 
 
