@@ -6,7 +6,8 @@ again under torchrun (one process by default), each compared with its single-pro
 Writes benchmarks/results/gpu_check.json (the pipeline: every stage's score and seconds, the GPU,
 torch, CUDA, the precision each stage resolved) and gpu_check_torchrun.json (per training stage:
 exit code, seconds, world size, batches, final loss and score beside the one-process run's).
-Without a CUDA GPU it stops at once with exit code 3. Nothing here has run on a GPU yet.
+Without a CUDA GPU it stops at once with exit code 3. Nothing here has run on a GPU yet; both
+parts ran on the CPU with the GPU probe faked and CPU settings (tiny data, torchrun with 1 process).
 """
 from __future__ import annotations
 
@@ -55,11 +56,15 @@ def torchrun_stage(stage: str, overrides: list[str], workdir: Path, nproc: int) 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     start = time.perf_counter()
     rc = subprocess.run(cmd, cwd=workdir, env=env).returncode
-    seconds = round(time.perf_counter() - start, 1)
+    seconds = round(time.perf_counter() - start, 1)   # with the processes' start (torch, imports)
+    return {"rc": rc, "seconds": seconds, **(stage_metrics(stage, workdir) if rc == 0 else {})}
+
+
+def stage_metrics(stage: str, workdir: Path) -> dict:
+    """The summary of a training stage's metrics file (label_round@rK: its segmenter's)."""
     group, _, key = stage.partition("@")
     name = f"rounds/{key}/segmentation" if key else METRICS[group]
-    metrics = json.loads((workdir / "metrics" / f"{name}.json").read_text()) if rc == 0 else {}
-    return {"rc": rc, "seconds": seconds, **summary(metrics)}
+    return summary(json.loads((workdir / "metrics" / f"{name}.json").read_text()))
 
 
 def main() -> None:
@@ -87,10 +92,10 @@ def main() -> None:
     (RESULTS / "gpu_check.json").write_text(json.dumps(record, indent=2) + "\n")
 
     # 2. the training stages again under torchrun, beside their single-process figures
-    runs = {}
-    for stage in [s for s in out if s.partition("@")[0] in TRAINING]:
-        runs[stage] = {"torchrun": torchrun_stage(stage, overrides, workdir, args.nproc),
-                       "one_process": record["stages"][stage]}
+    training = [s for s in out if s.partition("@")[0] in TRAINING]
+    runs = {s: {"one_process": {"seconds": out[s]["seconds"], **stage_metrics(s, workdir)}} for s in training}
+    for stage in training:   # after the snapshot above: these overwrite the metrics files
+        runs[stage]["torchrun"] = torchrun_stage(stage, overrides, workdir, args.nproc)
     failed = [s for s, r in runs.items() if r["torchrun"]["rc"] != 0]
     (RESULTS / "gpu_check_torchrun.json").write_text(json.dumps(
         {"name": "gpu_check_torchrun", "nproc": args.nproc, **gpu, **host(), "failed": failed, "stages": runs},

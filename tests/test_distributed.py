@@ -267,3 +267,14 @@ def test_ddp_stages_through_the_cli_with_real_networks(voc_fixture, tmp_path, mo
     assert done.stdout.count('"enabled": true') == 1   # one result line: rank 0's
     assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["classifier.pt", "manifest.parquet",
                                                                           "reference.pt"]
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_distributed_sync_batchnorm_only_where_batchnorm_trains(freeze_bn):
+    """On CUDA (not testable here beyond the conversion) the BN layers that train sync over the ranks."""
+    model = Toy()
+    model.head = torch.nn.Sequential(torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1))
+    weight = model.head[0].weight
+    distributed._sync_batchnorm(model, freeze_bn)
+    assert type(model.head[0]) is torch.nn.SyncBatchNorm and model.head[0].weight is weight   # same parameters
+    assert (type(model.backbone[1]) is torch.nn.BatchNorm1d) == freeze_bn
