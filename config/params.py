@@ -72,7 +72,8 @@ Count = Annotated[int, Field(ge=1, le=100_000)]
 Epochs = Annotated[int, Field(ge=1, le=1000)]
 PeakWindow = Annotated[int, Field(ge=1, le=15), AfterValidator(_odd)]   # local-maximum window, pixels of the map
 FrozenBlocks = Annotated[int, Field(ge=0, le=1000)]   # stem + first N backbone blocks not trained
-Precision = Literal["auto", "fp32", "bf16"]   # bf16: autocast; auto: bf16 where native (training/runtime.py)
+# bf16 / fp16 (CUDA only, loss-scaled): autocast; auto: bf16 where native, fp16 on other GPUs (training/runtime.py)
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Prob = Annotated[float, Field(ge=0.0, le=1.0)]
 Rates = Annotated[list[Annotated[int, Field(ge=1, le=64)]], Field(min_length=1)]   # ASPP dilation rates
 Scales = Annotated[list[Annotated[float, Field(ge=0.1, le=4.0)]], Field(min_length=1)]
@@ -298,6 +299,12 @@ class Round(Section):
     superpixels: bool = False     # this round's labels voted per region (pseudo_labels.superpixels' settings)
 
 
+class Distributed(Section):
+    """Data-parallel training (training/distributed.py): > 1 makes `python -m tasks` re-launch the
+    training stages under torchrun with this many processes (one per GPU); batch_size stays global."""
+    nproc_per_node: int = Field(1, ge=1, le=64)
+
+
 class Reference(Section):
     enabled: bool = True
     crf: bool = False   # also score it with CRF post-processing
@@ -314,6 +321,18 @@ class Params(Section):
     pseudo_labels: PseudoLabels = PseudoLabels()
     segmenter: Segmenter = Segmenter()
     reference: Reference = Reference()
+    distributed: Distributed = Distributed()
+
+    @model_validator(mode="after")
+    def _batch_split(self) -> "Params":
+        """Each training section's batch_size is the global batch: it must split evenly over the processes."""
+        n = self.distributed.nproc_per_node
+        for name in ("classifier", "refiner", "segmenter"):
+            if getattr(self, name).batch_size % n:
+                raise _invalid(f"{getattr(self, name).batch_size} does not split evenly over the {n} processes of "
+                               f"distributed.nproc_per_node (batch_size is the global batch: use a multiple of {n})",
+                               f"{name}.batch_size")
+        return self
 
     @model_validator(mode="after")
     def _round_chain(self) -> "Params":

@@ -10,7 +10,7 @@ from dataset import images, voc
 from localization.context_paste import ContextPaste
 from models.drs import LearnableDRS
 from models.registry import LOSSES
-from training import trainer
+from training import distributed, trainer
 from training.runtime import place
 
 
@@ -53,7 +53,8 @@ def fit(model, loader, cfg: dict, device: torch.device) -> list[dict]:
         return {"drs_delta_mean": float(np.mean(deltas)) if deltas else None}
 
     paste = cfg["context_paste"]
-    loss = ContextPaste(paste, len(loader), cfg["seed"]) if paste["prob"] > 0 else classification_loss
+    seed = cfg["seed"] + distributed.rank()   # under torchrun each rank pastes its own draws; rank 0 as one process
+    loss = ContextPaste(paste, len(loader), seed) if paste["prob"] > 0 else classification_loss
     return trainer.fit(model, loader, cfg, device, loss, "train classifier", stats)
 
 

@@ -4,6 +4,11 @@ The same `main(params)` functions run here, under `dvc repro` (which calls this)
 The stages are dvc.yaml's, in its order; stage NAME is the module tasks/NAME.py. A dvc.yaml
 `foreach` stage runs one item at a time, named as DVC names it: `python -m tasks label_round@r1`
 calls tasks/label_round.py's `main(params, "r1")`.
+
+Training stages (main decorated with training.distributed.stage) also run under torchrun, one
+process per GPU: `torchrun --nproc_per_node N -m tasks STAGE`, or `distributed.nproc_per_node: N`
+in params.yaml, which makes this command re-launch itself that way (so DVC and Prefect need no
+change). Rank 0 alone tracks the run and writes the outputs.
 """
 from __future__ import annotations
 
@@ -80,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter for this run only (dvc exp run -S records overrides)")
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     try:
         params = load(args.params, args.set)
@@ -91,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except UnknownStage as exc:
         print(f"stage error: {exc.args[0]}", file=sys.stderr)
         return 2
+    relaunch = getattr(importlib.import_module(f"tasks.{resolve(args.stage, params)[0]}").main, "relaunch", None)
+    if relaunch and (code := relaunch(params, argv)) is not None:   # under torchrun (distributed.nproc_per_node)
+        return code
     try:
         result = run_stage(args.stage, params)
     except FileNotFoundError as exc:
@@ -99,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     except StageError as exc:  # bad data, a diverged run: the user's to fix, said on one line
         print(f"{exc.kind}: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}, indent=None))
+    if result:   # a torchrun rank > 0 has none
+        print(json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))}, indent=None))
     return 0
 
 

@@ -21,20 +21,22 @@ from dataset import voc
 from labelling.batch import label_all
 from scoring.metrics import summary
 from stores import labelstore, mapstore
-from training import checkpoints
+from training import checkpoints, distributed
 from training.relabel import round_maps
 from training.runtime import resolve_device, resolve_precision
 from training.segmentation import train_and_score
 from tracking.outputs import write_stage_outputs
 
 
+@distributed.stage   # also under torchrun: every rank trains, rank 0 does the rest
 def main(params: dict, key: str) -> dict:
     spec, out = params["rounds"][key], paths.round_dir(key)
     number = list(params["rounds"]).index(key) + 1
     labelling = copy.deepcopy(params)   # superpixel voting is the round's own choice (rounds.<key>.superpixels)
     labelling["pseudo_labels"]["superpixels"]["enabled"] = spec["superpixels"]
-    labels = label_all(labelling, spec["maps"], out / "pseudo_labels", f"rounds/{key}/pseudo_labels",
-                       extra={"round": number})
+    # under torchrun rank 0 writes the labels while the others wait; they then read them to train
+    labels = distributed.on_main(label_all, labelling, spec["maps"], out / "pseudo_labels",
+                                 f"rounds/{key}/pseudo_labels", extra={"round": number}) or {}
 
     store = labelstore.read_dict(out / "pseudo_labels")
 

@@ -16,10 +16,11 @@ from localization.classification import TagTarget, average_precision, fit, multi
 from models.classifier import build_localizer
 from models.networks import to_config
 from tracking.outputs import write_stage_outputs
-from training import checkpoints, trainer
+from training import checkpoints, distributed, trainer
 from training.runtime import resolve_device, seed_everything, training_loader
 
 
+@distributed.stage   # also under torchrun: every rank trains, rank 0 does the rest
 def main(params: dict) -> dict:
     cfg = params["classifier"]
     seed_everything(cfg["seed"])
@@ -41,7 +42,8 @@ def main(params: dict) -> dict:
     # Classifier quality on held-out image-level tags (weak labels only; masks are not touched).
     val_rows = voc.split_rows(manifest, params["data"]["val_split"])
     metrics = {"train_seconds": round(train_seconds, 1), "epochs": cfg["epochs"], "n_train": len(train_rows),
-               "final_loss": round(history[-1]["loss"], 5), "device": str(device)}
+               "final_loss": round(history[-1]["loss"], 5), "device": str(device),
+               **distributed.batch_metrics(loader)}
     if val_rows:
         scores = predict_scores(model, root, val_rows, cfg["crop_size"], device)
         targets = np.stack([multi_hot(r["tags"], n_fg).numpy() for r in val_rows])

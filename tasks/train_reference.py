@@ -9,12 +9,14 @@ from dataset import voc
 from config import paths
 from stores.atomic import atomic_path
 from tracking.outputs import write_stage_outputs
+from training import distributed
 from training.segmentation import train_and_score
 
 
+@distributed.stage   # also under torchrun: every rank trains, rank 0 does the rest
 def main(params: dict) -> dict:
     if not params["reference"]["enabled"]:
-        return _disabled()
+        return distributed.on_main(_disabled) or {}   # nothing trains: under torchrun rank 0 writes the note
     _, classes, root = voc.read_manifest(paths.MANIFEST)
 
     def labels_for(image_id: str):

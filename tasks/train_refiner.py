@@ -16,10 +16,11 @@ from models.classifier import build_localizer
 from models.networks import to_config
 from stores import mapstore
 from tracking.outputs import write_stage_outputs
-from training import checkpoints, trainer
+from training import checkpoints, distributed, trainer
 from training.runtime import resolve_device, seed_everything, training_loader
 
 
+@distributed.stage   # also under torchrun: every rank trains, rank 0 does the rest
 def main(params: dict) -> dict:
     cfg = params["refiner"]
     seed_everything(cfg["seed"])
@@ -34,5 +35,6 @@ def main(params: dict) -> dict:
     history = trainer.fit(model, loader, cfg, device, refinement_loss, "train refiner")
     checkpoints.save(paths.REFINER, model, to_config("localizer", cfg, classes))
     metrics = {"train_seconds": round(time.perf_counter() - start, 1), "epochs": cfg["epochs"],
-               "n_train": len(stored), "final_loss": round(history[-1]["loss"], 6), "device": str(device)}
+               "n_train": len(stored), "final_loss": round(history[-1]["loss"], 6), "device": str(device),
+               **distributed.batch_metrics(loader)}
     return write_stage_outputs("refiner", metrics, plots={"refiner_train.csv": trainer.history_csv(history)})

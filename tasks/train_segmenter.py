@@ -5,9 +5,11 @@ from __future__ import annotations
 from config import paths
 from dataset import voc
 from stores import labelstore
+from training import distributed
 from training.segmentation import train_and_score
 
 
+@distributed.stage   # also under torchrun: every rank trains, rank 0 does the rest
 def main(params: dict) -> dict:
     labels = labelstore.read_dict(paths.PSEUDO_LABELS)
 

@@ -32,7 +32,8 @@ def test_shipped_params_are_valid(raw):
     (lambda p: p["maps"].update(scales=[1.0, -1.0]), "maps.scales[1]: -1.0 is below the minimum"),
     (lambda p: p["maps"].update(threshold_start=0.99), "maps.threshold_start: must be below"),
     (lambda p: p["data"].pop("root"), "data.root: missing"),
-    (lambda p: p["segmenter"].update(precision="fp16"), "segmenter.precision: 'fp16' is not one of"),
+    (lambda p: p["segmenter"].update(precision="fp8"), "segmenter.precision: 'fp8' is not one of"),
+    (lambda p: p["distributed"].update(nproc_per_node=0), "distributed.nproc_per_node: 0 is below the minimum 1"),
     (lambda p: p["segmenter"].update(loss_stride=3), "segmenter.loss_stride: 3 is not one of"),
     (lambda p: p.update(profile="nope"), "profile: no profile 'nope'"),
 ])
@@ -144,6 +145,8 @@ def test_a_newly_registered_name_is_accepted(raw, monkeypatch):
     ("segmenter.aspp_rates=[]", "segmenter.aspp_rates: must not be empty"),
     ("refiner.aspp_rates=[]", "refiner.aspp_rates: must not be empty"),
     ("maps.threshold_start=0.95", "maps.threshold_start: must be below maps.threshold_stop"),
+    ("distributed.nproc_per_node=3", "classifier.batch_size: 8 does not split evenly over the 3 processes of "
+                                     "distributed.nproc_per_node (batch_size is the global batch: use a multiple of 3)"),
 ])
 def test_cross_field_checks_in_every_section(raw, override, message):
     assert error(raw, override) == message

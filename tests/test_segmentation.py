@@ -33,7 +33,9 @@ def trained(voc_fixture):
         return voc.load_mask(voc_fixture, image_id, len(classes))
 
     torch.manual_seed(0)
-    model, history = train(CFG, voc_fixture, ids, labels_for, len(classes), torch.device("cpu"), "test")
+    model, history, batch = train(CFG, voc_fixture, ids, labels_for, len(classes), torch.device("cpu"), "test")
+    assert batch == {"world_size": 1, "batch_per_rank": min(CFG["batch_size"], len(ids)),
+                     "global_batch": min(CFG["batch_size"], len(ids))}   # one process: the whole batch
     return model, history, classes
 
 

@@ -273,7 +273,8 @@ class _StageRun:
 def stage_run(stage: str, params: dict):
     global _run
     _run = None
-    if os.environ.get(DISABLE_ENV, "").lower() != "off":
+    # under torchrun only rank 0 tracks (its other ranks only train: training/distributed.py)
+    if os.environ.get(DISABLE_ENV, "").lower() != "off" and os.environ.get("RANK", "0") == "0":
         try:
             _run = _StageRun(stage, params)
         except Exception as exc:

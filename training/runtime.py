@@ -6,13 +6,18 @@ import random
 import numpy as np
 import torch
 
+from config.errors import StageError
+from training import distributed
+from training.distributed import local_device
+
 
 def resolve_device(name: str) -> torch.device:
+    """`auto`: CUDA when present; under torchrun each worker takes the GPU of its LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} requested but CUDA is not available (use device: auto or cpu)")
-    return torch.device(name)
+    return local_device(torch.device(name))
 
 
 def place(x, device: torch.device):
@@ -20,7 +25,7 @@ def place(x, device: torch.device):
     the depthwise and dilated convolutions of the CPU path 1.1-1.4x faster (benchmarks/step_speed.py)."""
     if isinstance(x, torch.nn.Module):
         return x.to(device, memory_format=torch.channels_last)
-    x = x.to(device)
+    x = x.to(device, non_blocking=True)   # overlaps the copy from pinned memory (CUDA); no-op on the CPU
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
@@ -28,24 +33,42 @@ def native_bf16(device: torch.device) -> bool:
     """Whether the device has bfloat16 arithmetic units; without them (most laptop CPUs) bf16 is
     emulated and slower than float32."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)   # emulated bf16 (V100) is slow
     # torch exposes the CPU's features only privately; a torch without these reads as "no"
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+class PrecisionError(StageError):
+    kind = "params error"
+
+
 def resolve_precision(device: torch.device, precision: str) -> str:
-    """`auto`: bf16 where the device computes it natively, else fp32."""
+    """`auto`: bf16 where the device computes it natively; on a GPU without it (V100, T4) fp16,
+    which trains with loss scaling (grad_scaler); else fp32."""
     if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        if native_bf16(device):
+            return "bf16"
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise PrecisionError(f"precision fp16 needs a CUDA device, not {device}: use auto, fp32 or bf16")
     return precision
 
 
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(device: torch.device, precision: str):
-    """The context a stage runs its network in: `bf16` runs convolutions in bfloat16 (losses,
-    softmax and upsampling stay float32), which CPUs with AMX run 1.2-1.5x faster
+    """The context a stage runs its network in: `bf16` / `fp16` run convolutions in that type
+    (losses, softmax and upsampling stay float32); CPUs with AMX run bf16 1.2-1.5x faster
     (benchmarks/precision_speed.py); `fp32` changes nothing; `auto` picks (resolve_precision)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_precision(device, precision) == "bf16")
+    dtype = _DTYPES.get(resolve_precision(device, precision))
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 training (its small range underflows gradients); a pass-through otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=resolve_precision(device, precision) == "fp16")
 
 
 def seed_everything(seed: int) -> None:
@@ -61,11 +84,24 @@ def _reseed_worker(worker_id: int) -> None:
 
 
 def training_loader(dataset, cfg: dict) -> torch.utils.data.DataLoader:
-    """Shuffled, seeded batches of a training stage's dataset (section cfg of params.yaml)."""
+    """Shuffled, seeded batches of a training stage's dataset (section cfg of params.yaml); pinned
+    memory when it trains on CUDA. Under torchrun, this rank's share of each global batch
+    (training/distributed.py), with augmentation and worker streams seeded per rank."""
+    pin = resolve_device(cfg.get("device", "cpu")).type == "cuda"
+    sampler = distributed.sampler(dataset, cfg["seed"])
+    if sampler is None:   # one process: exactly the loader it always was
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=min(cfg["batch_size"], len(dataset)), shuffle=True, drop_last=True,
+            num_workers=cfg["num_workers"], worker_init_fn=_reseed_worker, pin_memory=pin,
+            generator=torch.Generator().manual_seed(cfg["seed"]),
+        )
+    seed = distributed.rank_seed(cfg["seed"])
+    if hasattr(dataset, "rng"):   # num_workers 0: the ranks would otherwise crop and flip alike
+        dataset.rng = np.random.default_rng(seed)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=min(cfg["batch_size"], len(dataset)), shuffle=True, drop_last=True,
-        num_workers=cfg["num_workers"], worker_init_fn=_reseed_worker,
-        generator=torch.Generator().manual_seed(cfg["seed"]),
+        dataset, batch_size=min(distributed.per_rank_batch(cfg["batch_size"]), len(sampler)), sampler=sampler,
+        drop_last=True, num_workers=cfg["num_workers"], worker_init_fn=_reseed_worker, pin_memory=pin,
+        generator=torch.Generator().manual_seed(seed),   # the workers' base seed, per rank
     )
 
 

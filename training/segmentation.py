@@ -29,7 +29,7 @@ from scoring.metrics import IGNORE, confusion, per_class_csv, summary
 from stores.atomic import atomic_path
 from tracking import charts, panels
 from tracking.outputs import write_stage_outputs
-from training import checkpoints, trainer
+from training import checkpoints, distributed, trainer
 from training.inference import sum_over_views
 from training.runtime import autocast, resolve_device, resolve_precision, seed_everything, training_loader
 
@@ -102,14 +102,15 @@ def warm_start(model, state: dict, source: str) -> None:
 
 def train(cfg: dict, root, ids: list[str], labels: Callable, n_classes: int, device, desc: str,
           start: tuple[dict, str] | None = None):
-    """start: (state_dict, where it came from) to warm-start from instead of the backbone's ImageNet weights."""
+    """(model, history, batch figures: distributed.batch_metrics); start: (state_dict, where it came
+    from) to warm-start from instead of the backbone's ImageNet weights."""
     model = build_segmenter(cfg, n_classes)
     if start is not None:
         warm_start(model, *start)
     loader = training_loader(
         TrainingCrops(root, ids, LabelTarget(labels), cfg["crop_size"], cfg["resize_long"], cfg["seed"]), cfg)
     history = trainer.fit(model, loader, cfg, device, segmentation_loss(cfg), desc)
-    return model, history
+    return model, history, distributed.batch_metrics(loader)
 
 
 @torch.no_grad()
@@ -181,7 +182,7 @@ def train_and_score(params: dict, labels_for: Callable[[str], np.ndarray], name:
     manifest, classes, root = voc.read_manifest(paths.MANIFEST)
     train_ids = [r["id"] for r in voc.split_rows(manifest, params["data"]["train_split"])]
     start = time.perf_counter()
-    model, history = train(cfg, root, train_ids, labels_for, len(classes), device, f"train {name}", warm)
+    model, history, batch = train(cfg, root, train_ids, labels_for, len(classes), device, f"train {name}", warm)
     train_seconds = time.perf_counter() - start
     checkpoints.save(checkpoint, model, to_config("segmenter", cfg, classes))
 
@@ -191,7 +192,7 @@ def train_and_score(params: dict, labels_for: Callable[[str], np.ndarray], name:
     metrics = {"train_seconds": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - start, 1),
                "epochs": cfg["epochs"], "init": cfg["init"], "n_train": len(train_ids),
                "precision": resolve_precision(device, cfg["precision"]),
-               "final_loss": round(history[-1]["loss"], 5)}
+               "final_loss": round(history[-1]["loss"], 5), **batch}
     if plain.sum():
         s = summary(plain, classes)
         metrics.update({"val_miou": s["miou"], "per_class_iou": s["per_class_iou"], "classes": classes,

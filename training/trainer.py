@@ -1,7 +1,8 @@
 """The training loop every learned stage shares: optimiser groups, LR schedule, progress, history.
 
 A stage supplies the model (with `new_modules()` and `backbone`) and `batch_loss(model, batch)`;
-the loop is the same for the classifier, the refiner and the segmenter.
+the loop is the same for the classifier, the refiner and the segmenter, in one process or under
+torchrun (training/distributed.py: DDP, losses averaged over ranks, ranks > 0 leave at the end).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from tqdm import tqdm
 from config.errors import StageError
 from models.backbones import freeze_prefix
 from tracking import runs as tracking
-from training.runtime import autocast, place, scheduled_lr
+from training import distributed
+from training.runtime import autocast, grad_scaler, place, scheduled_lr
 
 
 class NonFiniteLoss(StageError, RuntimeError):
@@ -79,23 +81,27 @@ def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
 
     cfg['ema_decay'] > 0: the model ends with the moving average of its weights (WeightAverage).
     A NaN or infinite loss raises NonFiniteLoss before that step changes any weight; stages save
-    after fit returns, so nothing is written.
+    after fit returns, so nothing is written. Under torchrun only rank 0 returns (the others raise
+    distributed.Follower), so what a stage does after fit runs once.
     """
     freeze_prefix(model.backbone, cfg["freeze_blocks"])
     opt = make_optimizer(model, cfg)
     total, step, history = cfg["epochs"] * len(loader), 0, []
     place(model, device)
+    forward = distributed.step_fn(model, batch_loss, device, cfg["freeze_bn"])
+    scaler = grad_scaler(device, cfg["precision"])
     average = WeightAverage(model, cfg["ema_decay"]) if cfg.get("ema_decay", 0.0) > 0 else None
-    bar = tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True)
+    bar = tqdm(total=total, desc=desc, unit="batch", dynamic_ncols=True, disable=distributed.rank() != 0)
     try:
         for epoch in range(cfg["epochs"]):
             set_train_mode(model, cfg["freeze_bn"])
             losses, start = [], time.perf_counter()
+            distributed.start_epoch(loader, epoch)
             for batch_index, batch in enumerate(loader):
                 for group in opt.param_groups:
                     group["lr"] = scheduled_lr(group["base_lr"], cfg, step, total, epoch)
                 with autocast(device, cfg["precision"]):
-                    loss = batch_loss(model, [place(t, device) for t in batch])
+                    loss = forward([place(t, device) for t in batch])
                 value = loss.item()
                 if not math.isfinite(value):
                     raise NonFiniteLoss(
@@ -103,20 +109,23 @@ def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
                         f"{len(loader)} (step {step + 1} of {total}); stopped before it changed the weights "
                         "(a lower learning rate may help)")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()   # fp16 only: scaled; otherwise loss.backward(), opt.step()
+                scaler.step(opt)
+                scaler.update()
                 if average:
                     average.update()
                 losses.append(value)
                 step += 1
                 bar.update()
                 bar.set_postfix(epoch=epoch + 1, loss=f"{np.mean(losses):.4f}")
-            record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - start,
+            loss_mean = distributed.mean(float(np.mean(losses)))   # over the ranks under torchrun
+            record = {"epoch": epoch + 1, "loss": loss_mean, "seconds": time.perf_counter() - start,
                       **(epoch_stats() if epoch_stats else {})}
             history.append(record)
             tracking.log_metrics({k: v for k, v in record.items() if v is not None and k != "epoch"}, step=epoch + 1)
     finally:
         bar.close()
+    distributed.leave_unless_main()
     if average:
         average.copy_to(model)
     return history
