@@ -2,13 +2,19 @@
 
     root/JPEGImages/<id>.jpg
     root/SegmentationClass/<id>.png        (optional: palette or grey PNG, 0..C-1 and 255)
-    root/ImageSets/Segmentation/<split>.txt
+    root/SegmentationClassAug/<id>.png     (optional: SBD's augmented masks as PNG, for ids that
+                                            SegmentationClass lacks; the train_aug split's 10,582)
+    root/ImageSets/Segmentation/<split>.txt   (one id a line; DeepLab's `/JPEGImages/<id>.jpg
+                                            /SegmentationClassAug/<id>.png` lines also read)
     root/tags.csv                          (optional: `id,name name ...` for images without masks)
     root/classes.txt                       (optional: one name per line, background first; VOC's 21 by default)
 
-Image-level tags come from the mask when there is one, else from tags.csv (an image with a mask
-may also have a tags.csv line; the mask wins). Every image of a training split needs at least one
-object class: image-level-tag WSSS learns nothing from an image without one.
+An image's mask is SegmentationClass/<id>.png, else SegmentationClassAug/<id>.png (VOC's own
+masks win where both exist). Image-level tags come from the mask when there is one, else from
+tags.csv (an image with a mask may also have a tags.csv line; the mask wins): the classes present
+in a mask, as DRS and IRN derive train_aug's cls_labels.npy from SegmentationClassAug. Beyond those
+tags a mask only scores. Every image of a training split needs at least one object class:
+image-level-tag WSSS learns nothing from an image without one.
 """
 from __future__ import annotations
 
@@ -59,11 +65,27 @@ def read_classes(root: str | Path) -> list[str]:
     return names
 
 
+MASK_DIRS = ("SegmentationClass", "SegmentationClassAug")   # where an image's mask is looked for, in order
+
+
+def _split_id(token: str) -> str:
+    """An id from a split line's first token: `2007_000032`, or DeepLab's `/JPEGImages/2007_000032.jpg`."""
+    if "/" in token or token.lower().endswith((".jpg", ".jpeg", ".png")):
+        return Path(token).stem
+    return token
+
+
 def read_split(root: str | Path, split: str) -> list[str]:
-    path = Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt"
+    folder = Path(root) / "ImageSets" / "Segmentation"
+    path = folder / f"{split}.txt"
     if not path.exists():
-        raise DataError(f"{path}: split file not found (is data.root a VOC-layout dataset?)")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+        found = sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
+        have = f"; {folder} has {', '.join(found)}" if found else (
+            f"; {folder} has no split files" if folder.is_dir() else f"; there is no {folder} folder")
+        hint = (" (train_aug.txt lists SBD's 10,582 augmented training images: README, "
+                "'Full PASCAL VOC 2012 + SBD')") if split == "train_aug" else " (is data.root a VOC-layout dataset?)"
+        raise DataError(f"{path}: split file not found{have}{hint}")
+    ids = [_split_id(line.split()[0]) for line in path.read_text().splitlines() if line.strip()]
     if not ids:
         raise DataError(f"{path}: the split lists no images")
     return ids
@@ -74,7 +96,10 @@ def image_path(root: str | Path, image_id: str) -> Path:
 
 
 def mask_path(root: str | Path, image_id: str) -> Path:
-    return Path(root) / "SegmentationClass" / f"{image_id}.png"
+    """SegmentationClass/<id>.png, else SegmentationClassAug/<id>.png where only that exists (the
+    first path when neither does)."""
+    paths = [Path(root) / sub / f"{image_id}.png" for sub in MASK_DIRS]
+    return next((p for p in paths if p.exists()), paths[0])
 
 
 def load_image(root: str | Path, image_id: str) -> np.ndarray:
@@ -197,6 +222,9 @@ def scan(root: str | Path, splits: list[str], allow_no_objects: tuple[str, ...] 
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data.root {str(root)!r} is not a directory")
+    if not (root / "JPEGImages").is_dir():
+        raise DataError(f"{root / 'JPEGImages'}: folder not found (data.root must hold the images as "
+                        "JPEGImages/<id>.jpg, e.g. VOCdevkit/VOC2012)")
     classes = read_classes(root)
     file_tags = _read_tags_lines(root, classes)
     tags_path = root / "tags.csv"
@@ -213,7 +241,8 @@ def scan(root: str | Path, splits: list[str], allow_no_objects: tuple[str, ...] 
             lineno, tags = file_tags[image_id]
             empty = f"{tags_path} line {lineno} lists none"
         else:
-            raise DataError(f"image {image_id!r}: no mask in SegmentationClass/ and no line in tags.csv")
+            raise DataError(f"image {image_id!r}: no mask in {' or '.join(d + '/' for d in MASK_DIRS)} and no line "
+                            f"in tags.csv (split {split}{_missing_folders(root, split)})")
         if not tags and split not in allow_no_objects:
             raise DataError(f"image {image_id!r} (split {split}): no object class ({empty}); "
                             "every training image needs at least one")
@@ -222,6 +251,15 @@ def scan(root: str | Path, splits: list[str], allow_no_objects: tuple[str, ...] 
     table = pa.table(rows, schema=MANIFEST_SCHEMA)
     meta = {"classes": json.dumps(classes), "root": str(root)}
     return table.replace_schema_metadata(meta), classes
+
+
+def _missing_folders(root: Path, split: str) -> str:
+    """The mask folders data.root lacks, said after a missing-mask error (SegmentationClassAug only
+    for a split named like SBD's train_aug, or when both are missing)."""
+    missing = [str(root / sub) for sub in MASK_DIRS if not (root / sub).is_dir()]
+    if len(missing) == 1 and missing[0].endswith("Aug") and "aug" not in split.lower():
+        missing = []
+    return f"; {' and '.join(missing)} {'does' if len(missing) == 1 else 'do'} not exist" if missing else ""
 
 
 def read_manifest(path: str | Path) -> tuple[pa.Table, list[str], Path]:
