@@ -229,6 +229,7 @@ def scan(root: str | Path, splits: list[str], allow_no_objects: tuple[str, ...] 
     file_tags = _read_tags_lines(root, classes)
     tags_path = root / "tags.csv"
     items = [(split, image_id) for split in splits for image_id in read_split(root, split)]
+    _check_distinct(root, items)
     rows = {name: [] for name in MANIFEST_SCHEMA.names}
     for (split, image_id), entry in zip(items, _read_entries(root, len(classes), items, workers)):
         if isinstance(entry, DataError):
@@ -251,6 +252,18 @@ def scan(root: str | Path, splits: list[str], allow_no_objects: tuple[str, ...] 
     table = pa.table(rows, schema=MANIFEST_SCHEMA)
     meta = {"classes": json.dumps(classes), "root": str(root)}
     return table.replace_schema_metadata(meta), classes
+
+
+def _check_distinct(root: Path, items: list[tuple[str, str]]) -> None:
+    """An id once per split and in one split only: a training image scored on val inflates the
+    score (SBD's own train + val lists hold VOC val images; train_aug.txt leaves them out)."""
+    seen: dict[str, str] = {}
+    for split, image_id in items:
+        if image_id in seen:
+            where = f"twice in {split}" if seen[image_id] == split else f"in both {seen[image_id]} and {split}"
+            raise DataError(f"image {image_id!r} is listed {where} ({root / 'ImageSets' / 'Segmentation'}): "
+                            "each image belongs to one split, once")
+        seen[image_id] = split
 
 
 def _missing_folders(root: Path, split: str) -> str:

@@ -102,3 +102,13 @@ def test_aug_mask_of_another_size_is_named(vocdevkit):
     Image.fromarray(_mask(15, 31, 40), mode="L").save(vocdevkit / "SegmentationClassAug" / "2008_000002.png")
     with pytest.raises(voc.DataError, match=r"mask '2008_000002': size \(40, 31\) differs"):
         voc.scan(vocdevkit, ["train_aug"])
+
+
+def test_val_image_in_the_training_list_is_named(vocdevkit):
+    sets = vocdevkit / "ImageSets" / "Segmentation"
+    (sets / "train_aug.txt").write_text("\n".join([*VOC_ONLY, *AUG_ONLY, *VAL]) + "\n")   # val leaked into train
+    with pytest.raises(voc.DataError, match=r"image '2007_000033' is listed in both train_aug and val"):
+        voc.scan(vocdevkit, ["train_aug", "val"])
+    (sets / "train_aug.txt").write_text("\n".join([*VOC_ONLY, *AUG_ONLY, *VOC_ONLY]) + "\n")
+    with pytest.raises(voc.DataError, match=r"image '2007_000032' is listed twice in train_aug"):
+        voc.scan(vocdevkit, ["train_aug"])
