@@ -1,0 +1,38 @@
+"""Shards are written and read one row group at a time: a store's reader and writer hold
+ROW_GROUP records, not a shard, so a stage's memory does not grow with the shard (or the data set)."""
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from stores import labelstore, shards
+
+
+def _labels(n):
+    rng = np.random.default_rng(0)
+    return [(f"im{i:03d}", rng.integers(0, 21, (7 + i % 3, 9), dtype=np.uint8)) for i in range(n)]
+
+
+@pytest.mark.parametrize("n, shard_size", [(40, 20), (37, 256), (5, 2), (16, 16)])
+def test_row_groups_round_trip(tmp_path, n, shard_size):
+    records = _labels(n)
+    assert labelstore.write(iter(records), tmp_path / "s", shard_size) == n
+    files = sorted((tmp_path / "s").glob("part-*.parquet"))
+    assert len(files) == -(-n // shard_size)
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        assert max(sizes) <= shards.ROW_GROUP and sum(sizes) <= shard_size
+    back = list(labelstore.read(tmp_path / "s"))
+    assert [i for i, _ in back] == [i for i, _ in records]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(back, records))
+
+
+def test_reader_is_lazy_per_row_group(tmp_path, monkeypatch):
+    labelstore.write(iter(_labels(50)), tmp_path / "s", 256)
+    seen = []
+    real = pq.ParquetFile.read_row_group
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", lambda self, g, *a, **k: seen.append(g) or real(self, g, *a, **k))
+    rows = shards.read(tmp_path / "s")
+    next(rows)
+    assert seen == [0]   # the first record costs one row group, not the shard
+    assert sum(1 for _ in rows) == 49 and seen == [0, 1, 2, 3]
