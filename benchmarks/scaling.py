@@ -145,7 +145,7 @@ def _previous_rate(rows: list[dict], stage: str) -> float | None:
 def table(rows: list[dict], meta: dict) -> list[str]:
     lines = [
         f"Per-image stages on a synthetic dataset of N images ({meta['image_size']}x{meta['image_size']} px, "
-        f"the demo's scenes), {meta['date']}, {meta['cpus']} CPUs, OMP_NUM_THREADS={meta['threads']}, "
+        f"the demo's scenes), commit {meta['commit']}, {meta['date']}, {meta['cpus']} CPUs, OMP_NUM_THREADS={meta['threads']}, "
         f"pseudo_labels.workers={meta['label_workers']}. Classifier: {meta['checkpoint']}.",
         f"Settings: params.yaml + {' '.join(meta['overrides'])}; tracking off. Command: `{meta['command']}`.",
         "Memory: tree = the stage process plus its workers, sampled every "
@@ -253,7 +253,11 @@ def main() -> None:
     described = write_checkpoint(checkpoint, args.set)
     env = {**os.environ, "PYTHONPATH": str(REPO), "WSSS_TRACKING": "off"}
     label_workers = args.set and next((s.split("=", 1)[1] for s in args.set if s.startswith("pseudo_labels.workers=")), None)
-    meta = {**host(), "image_size": args.image_size, "checkpoint": described, "overrides": FIXED + args.set,
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    meta = {**host(), "commit": commit + ("+changes" if dirty else ""), "image_size": args.image_size, "checkpoint": described, "overrides": FIXED + args.set,
             "poll": args.poll, "label_workers": label_workers or f"0 (all cores: {os.cpu_count()})",
             "command": "python benchmarks/scaling.py " + " ".join(sys.argv[1:])}
     results.mkdir(parents=True, exist_ok=True)
@@ -291,7 +295,7 @@ def main() -> None:
                     print((work / f"{stage}.log").read_text()[-3000:], file=sys.stderr)
             rows.append(row)
             with open(jsonl, "a") as fh:
-                fh.write(json.dumps({**row, "threads": meta["threads"], "cpus": meta["cpus"],
+                fh.write(json.dumps({**row, "commit": meta["commit"], "threads": meta["threads"], "cpus": meta["cpus"],
                                      "overrides": meta["overrides"], "checkpoint": described}) + "\n")
             print(json.dumps(row), flush=True)
             if row.get("rc", 0) != 0:
