@@ -206,7 +206,13 @@ def projection() -> tuple[dict, list[str]]:
                       "from VOC-size per-stage times on voc2012-mini (330 train, 261 val), linear in images at "
                       "today's epochs", "voc_sbd": VOC_SBD, "rows": out, "total_seconds": total,
               "from_contended_records_seconds": sum(r["projected_seconds"] for r in out if r["contended_record"]),
-              "one_gpu": "unmeasured: the benchmarks' GPU check gives it"}
+              "one_gpu": "unmeasured: the benchmarks' GPU check gives it",
+              "held_in_memory": {   # arithmetic, not measured: what does not stream
+                  "what": "train_segmenter and each label round read every training image's labels into one dict "
+                          "(labelstore.read_dict); train_refiner every image's maps (uint8, one plane per tag)",
+                  "labels_bytes": VOC_SBD["train_aug"] * 500 * 375,
+                  "maps_bytes_per_tag": VOC_SBD["train_aug"] * 500 * 375,
+                  "assumes": "500x375 images, 1 byte a pixel per plane"}}
     lines = ["", "## Projection: full PASCAL VOC 2012 + SBD on this machine", "",
              f"train_aug {VOC_SBD['train_aug']:,} images, val {VOC_SBD['val']:,}, at VOC size (~500x375), the 2 CPUs "
              "here. Each part's measured seconds on voc2012-mini (330 train / 261 val real VOC images) times the "
@@ -219,8 +225,12 @@ def projection() -> tuple[dict, list[str]]:
     lines += [f"| {r['stage']} | {r['part']} | {r['measured_seconds']}{' *' if r['contended_record'] else ''} | "
               f"{r['factor']} | {r['projected_seconds']:,} | `{r['record'].removeprefix('benchmarks/results/')}` |" for r in out]
     marked = sum(r["projected_seconds"] for r in out if r["contended_record"])
+    held = record["held_in_memory"]["labels_bytes"] / 1e9
+    lines_after = ["", f"Not streamed (arithmetic, not measured): `train_segmenter` and each label round hold every "
+                       f"training image's labels in memory, {held:.1f} GB at 500x375 for train_aug; `train_refiner` "
+                       f"holds its maps, {held:.1f} GB per tag an image carries."]
     lines.append(f"| **total** | | | | **{total:,}** (~{total / 3600:.0f} h; {marked:,} of it from the * rows) | |")
-    return record, lines
+    return record, lines + lines_after
 
 
 def main() -> None:
