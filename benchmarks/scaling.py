@@ -233,6 +233,20 @@ def projection() -> tuple[dict, list[str]]:
     return record, lines + lines_after
 
 
+def compact(jsonl: Path) -> list[str]:
+    """The README's table: one row per N and stage, from a scaling.jsonl."""
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    lines = ["| N | stage | wall s | CPU s | CPU ms / image | peak RSS, stage + workers (MB) | largest process (MB) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (STAGES.index(r["stage"]), r["n_images"])):
+        if r.get("skipped"):
+            lines.append(f"| {r['n_images']:,} | {r['stage']} | skipped ({r['reason']}) | | | | |")
+        else:
+            lines.append(f"| {r['n_images']:,} | {r['stage']} | {r['wall_seconds']:.0f} | {r['cpu_seconds']:.0f} | "
+                         f"{1000 * r['cpu_seconds'] / r['n_images']:.1f} | {r['peak_rss_tree_mb']:.0f} | {r['max_rss_one_mb']:.0f} |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000, 10000])
@@ -247,7 +261,11 @@ def main() -> None:
     ap.add_argument("--poll", type=float, default=0.1)
     ap.add_argument("--projection-only", action="store_true",
                     help="write scaling_projection.json (full VOC + SBD from the VOC-size records) and print it; run nothing")
+    ap.add_argument("--readme", action="store_true", help="print the README's compact table from --results/--name .jsonl")
     args = ap.parse_args()
+    if args.readme:
+        print("\n".join(compact(Path(args.results) / f"{args.name}.jsonl")))
+        return
     record, projected = projection()
     if args.projection_only:
         (RESULTS / "scaling_projection.json").write_text(json.dumps(record, indent=2) + "\n")
