@@ -26,7 +26,8 @@ Rows go to --results/scaling.jsonl as each stage ends (with the load average bef
 other jobs on the machine slow the times but not the memory), the table to scaling.md. With
 --budget-s (counted from the start, data generation included) a stage is skipped, and recorded as
 skipped, when the last size's wall seconds per image (fixed costs included: an overestimate for a
-larger N) project it past the budget; the stages after a skipped one at that N are skipped too.
+larger N) project it past the budget, and a stage still running when the budget runs out is killed
+(recorded as skipped); the stages after a skipped one at that N are skipped too.
 """
 from __future__ import annotations
 
@@ -102,13 +103,15 @@ def write_checkpoint(path: Path, overrides: list[str]) -> str:
     return f"{cfg['backbone']} (pretrained={cfg['pretrained']}), CAM head random (seed {cfg['seed']}), untrained"
 
 
-def run_measured(cmd: list[str], cwd: Path, env: dict, poll: float, log: Path) -> dict:
-    """Run cmd; peak RSS of it and of its process tree (psutil sampling), ru_maxrss (os.wait4)."""
+def run_measured(cmd: list[str], cwd: Path, env: dict, poll: float, log: Path, kill_after: float = 0) -> dict:
+    """Run cmd; peak RSS of it and of its process tree (psutil sampling), ru_maxrss (os.wait4).
+    kill_after > 0: the tree is killed after that many seconds ("killed": true)."""
     start = time.perf_counter()
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     ps = psutil.Process(proc.pid)
     peak_tree = peak_main = most = 0
+    killed = False
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
@@ -127,6 +130,13 @@ def run_measured(cmd: list[str], cwd: Path, env: dict, poll: float, log: Path) -
             if p.pid == proc.pid:
                 peak_main = max(peak_main, rss)
         peak_tree, most = max(peak_tree, total), max(most, len(tree))
+        if kill_after and time.perf_counter() - start > kill_after and not killed:
+            for p in reversed(tree):
+                try:
+                    p.kill()
+                except psutil.Error:
+                    pass
+            killed = True
         time.sleep(poll)
     proc.returncode = os.waitstatus_to_exitcode(status)
     mb = 1 << 20
@@ -134,7 +144,7 @@ def run_measured(cmd: list[str], cwd: Path, env: dict, poll: float, log: Path) -
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 2),   # the tree's, waited-for workers included
             "peak_rss_tree_mb": round(peak_tree / mb, 1), "peak_rss_stage_mb": round(peak_main / mb, 1),
             "max_rss_one_mb": round(usage.ru_maxrss / 1024, 1),   # Linux: KiB
-            "processes_max": most}
+            "processes_max": most, **({"killed": True} if killed else {})}
 
 
 def _previous_rate(rows: list[dict], stage: str) -> float | None:
@@ -313,20 +323,23 @@ def main() -> None:
                 before = round(os.getloadavg()[0], 2)
                 cmd = [sys.executable, "-m", "tasks", stage, "--params", str(REPO / "params.yaml")]
                 cmd += [a for o in overrides for a in ("--set", o)]
-                row = {**base, **run_measured(cmd, work, env, args.poll, work / f"{stage}.log"),
+                kill_after = max(1.0, left) if args.budget_s else 0
+                row = {**base, **run_measured(cmd, work, env, args.poll, work / f"{stage}.log", kill_after),
                        "loadavg_before": before, "loadavg_after": round(os.getloadavg()[0], 2)}
                 row["seconds_per_image"] = round(row["wall_seconds"] / n, 4)
                 name = METRICS[stage]
                 if name and (work / "metrics" / f"{name}.json").exists():
                     row["stage_seconds"] = json.loads((work / "metrics" / f"{name}.json").read_text()).get("seconds")
-                if row["rc"] != 0:
+                if row.get("killed"):
+                    row = {**row, "skipped": True, "reason": f"killed when --budget-s ran out, after {row['wall_seconds']:.0f} s"}
+                elif row["rc"] != 0:
                     print((work / f"{stage}.log").read_text()[-3000:], file=sys.stderr)
             rows.append(row)
             with open(jsonl, "a") as fh:
                 fh.write(json.dumps({**row, "commit": meta["commit"], "threads": meta["threads"], "cpus": meta["cpus"],
                                      "overrides": meta["overrides"], "checkpoint": described}) + "\n")
             print(json.dumps(row), flush=True)
-            if row.get("rc", 0) != 0:
+            if row.get("rc", 0) != 0 and not row.get("killed"):
                 sys.exit(f"{stage} failed at N={n}: {work / (stage + '.log')}")
     lines = table(rows, meta) + projected
     (results / f"{args.name}.md").write_text("\n".join(lines) + "\n")

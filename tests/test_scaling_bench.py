@@ -41,3 +41,14 @@ def test_synthetic_sets_nest(tmp_path):
     first = (tmp_path / "d/JPEGImages/syn_train_000000.jpg").read_bytes()
     scaling.make_dataset(tmp_path / "e", 3, 1, 48, workers=1)   # image k is the same in any size of set
     assert (tmp_path / "e/JPEGImages/syn_train_000000.jpg").read_bytes() == first
+
+
+def test_a_stage_past_the_budget_is_killed_whole(tmp_path):
+    script = tmp_path / "slow.py"
+    script.write_text("import multiprocessing as mp, time\n"
+                      "if __name__ == '__main__':\n"
+                      "    p = mp.get_context('spawn').Process(target=time.sleep, args=(60,))\n"
+                      "    p.start(); p.join()\n")
+    row = scaling.run_measured([sys.executable, str(script)], tmp_path, dict(os.environ), 0.05, tmp_path / "log",
+                               kill_after=2.0)
+    assert row["killed"] and row["rc"] != 0 and row["wall_seconds"] < 30
