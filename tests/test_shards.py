@@ -36,3 +36,20 @@ def test_reader_is_lazy_per_row_group(tmp_path, monkeypatch):
     next(rows)
     assert seen == [0]   # the first record costs one row group, not the shard
     assert sum(1 for _ in rows) == 49 and seen == [0, 1, 2, 3]
+
+
+def test_labels_held_compressed(tmp_path):
+    from dataset.demo import render_scene
+
+    rng = np.random.default_rng(0)
+    records = [(f"im{i}", render_scene(rng, 128)[1]) for i in range(6)]   # demo masks: blobs, 255 borders
+    labelstore.write(iter(records), tmp_path / "s", 4)
+    held = labelstore.read_dict(tmp_path / "s")
+    assert list(held) == [i for i, _ in records] and len(held) == 6 and "im3" in held and "nope" not in held
+    for image_id, labels in records:
+        got = held[image_id]
+        assert got.dtype == np.uint8 and np.array_equal(got, labels)
+        got[0, 0] = 7   # a fresh, writable array: the store is untouched
+    assert np.array_equal(held["im0"], records[0][1])
+    raw = sum(labels.nbytes for _, labels in records)
+    assert held.nbytes * 5 < raw, (held.nbytes, raw)
