@@ -1,9 +1,9 @@
-"""What a training stage holds of the pseudo labels: raw arrays vs stores.labelstore.PackedLabels.
+"""What a training stage holds of the pseudo labels (or maps): raw arrays vs the stores' packed mappings.
 
-    python benchmarks/label_memory.py RUN_DIR/artifacts/pseudo_labels
+    python benchmarks/label_memory.py RUN_DIR/artifacts/pseudo_labels [--maps RUN_DIR/artifacts/maps]
 
-Reads a label store, reports the raw bytes of every label map, the compressed bytes held, the
-ratio, the seconds to read the store and to decode every map once, and what raw would take for
+Reads a label store (and a map store), reports the raw bytes of every array, the compressed bytes held, the
+ratio, the milliseconds to decode each array once, and what raw and held would take for
 full VOC 2012 + SBD (10,582 train_aug images) at this store's mean pixels per image. Writes
 benchmarks/results/label_memory.json.
 """
@@ -14,26 +14,29 @@ import json
 import time
 
 from common import RESULTS, host
-from stores import labelstore
+from stores import labelstore, mapstore
+
+
+def measure(held, array) -> dict:
+    start = time.perf_counter()
+    raw = sum(array(held[image_id]).nbytes for image_id in held)
+    n = len(held)
+    return {"n_images": n, "raw_bytes": raw, "held_bytes": held.nbytes, "ratio": round(raw / held.nbytes, 1),
+            "decode_ms_per_image": round(1000 * (time.perf_counter() - start) / n, 3),
+            "train_aug_raw_gb_at_this_mean_size": round(10_582 * raw / n / 1e9, 2),
+            "train_aug_held_mb_at_this_ratio": round(10_582 * held.nbytes / n / 1e6, 1)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("store")
+    ap.add_argument("--maps", help="a map store too (what train_refiner holds)")
     ap.add_argument("--note", default="")
     args = ap.parse_args()
-    start = time.perf_counter()
-    held = labelstore.read_dict(args.store)
-    read_s = time.perf_counter() - start
-    start = time.perf_counter()
-    raw = sum(held[image_id].nbytes for image_id in held)
-    decode_s = time.perf_counter() - start
-    n = len(held)
-    record = {**host(), "store": args.store, "note": args.note, "n_images": n, "raw_bytes": raw,
-              "held_bytes": held.nbytes, "ratio": round(raw / held.nbytes, 1), "read_seconds": round(read_s, 2),
-              "decode_ms_per_image": round(1000 * decode_s / n, 3),
-              "train_aug_raw_gb_at_this_mean_size": round(10_582 * raw / n / 1e9, 2),
-              "train_aug_held_mb_at_this_ratio": round(10_582 * held.nbytes / n / 1e6, 1)}
+    record = {**host(), "note": args.note, "labels": {"store": args.store,
+                                                      **measure(labelstore.read_dict(args.store), lambda v: v)}}
+    if args.maps:
+        record["maps"] = {"store": args.maps, **measure(mapstore.read_dict(args.maps), lambda v: v[1])}
     (RESULTS / "label_memory.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
 

@@ -53,3 +53,17 @@ def test_labels_held_compressed(tmp_path):
     assert np.array_equal(held["im0"], records[0][1])
     raw = sum(labels.nbytes for _, labels in records)
     assert held.nbytes * 5 < raw, (held.nbytes, raw)
+
+
+def test_maps_held_compressed(tmp_path):
+    from stores import mapstore
+
+    yy, xx = np.mgrid[0:60, 0:80] / 80.0
+    records = [(f"im{i}", [1 + i % 3], np.clip(np.sin(xx * (i + 1)) * np.cos(yy), 0, 1)[None]) for i in range(5)]
+    mapstore.write(iter(records), tmp_path / "m", 2)
+    held = mapstore.read_dict(tmp_path / "m")
+    assert list(held) == [i for i, _, _ in records]
+    for (image_id, classes, _), (_, _, stored) in zip(records, mapstore.read(tmp_path / "m", as_uint8=True)):
+        got_classes, got = held[image_id]
+        assert got_classes == classes and got.dtype == np.uint8 and np.array_equal(got, stored)
+    assert held.nbytes < sum(m.nbytes for _, _, m in mapstore.read(tmp_path / "m", as_uint8=True))
