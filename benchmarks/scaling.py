@@ -187,6 +187,7 @@ def projection() -> tuple[dict, list[str]]:
     tr, va = VOC_SBD["train_aug"] / n_train, VOC_SBD["val"] / n_val
     r1 = {k: json.loads((RESULTS / "rounds_voc_mini/r1" / f"{k}.json").read_text())
           for k in ("pseudo_labels", "segmentation", "maps")}
+    held = json.loads((RESULTS / "label_memory.json").read_text())
     sp = [json.loads(line) for line in (RESULTS / "seed_methods.jsonl").read_text().splitlines() if line.strip()]
     sp_on = next(r for r in sp if r["config"] == {"enabled": True, "n_segments": 400, "threshold": 0.5, "vote_min": 0.6,
                                                    "min_labelled": 0.2, "undecided": "keep"})
@@ -217,12 +218,13 @@ def projection() -> tuple[dict, list[str]]:
                       "today's epochs", "voc_sbd": VOC_SBD, "rows": out, "total_seconds": total,
               "from_contended_records_seconds": sum(r["projected_seconds"] for r in out if r["contended_record"]),
               "one_gpu": "unmeasured: the benchmarks' GPU check gives it",
-              "held_in_memory": {   # arithmetic, not measured: what does not stream
-                  "what": "train_segmenter and each label round read every training image's labels into one dict "
-                          "(labelstore.read_dict); train_refiner every image's maps (uint8, one plane per tag)",
-                  "labels_bytes": VOC_SBD["train_aug"] * 500 * 375,
-                  "maps_bytes_per_tag": VOC_SBD["train_aug"] * 500 * 375,
-                  "assumes": "500x375 images, 1 byte a pixel per plane"}}
+              "held_in_memory": {   # the training stages hold every image's labels or maps, compressed
+                  "what": "train_segmenter and each label round hold every training image's labels "
+                          "(labelstore.read_dict), train_refiner every image's maps (mapstore.read_dict), "
+                          "zlib-compressed; scaled from voc2012-mini's stores to train_aug",
+                  "record": "benchmarks/results/label_memory.json",
+                  **{k: {f: held[k][f] for f in ("ratio", "train_aug_raw_gb_at_this_mean_size",
+                                                  "train_aug_held_mb_at_this_ratio")} for k in ("labels", "maps")}}}
     lines = ["", "## Projection: full PASCAL VOC 2012 + SBD on this machine", "",
              f"train_aug {VOC_SBD['train_aug']:,} images, val {VOC_SBD['val']:,}, at VOC size (~500x375), the 2 CPUs "
              "here. Each part's measured seconds on voc2012-mini (330 train / 261 val real VOC images) times the "
@@ -235,10 +237,14 @@ def projection() -> tuple[dict, list[str]]:
     lines += [f"| {r['stage']} | {r['part']} | {r['measured_seconds']}{' *' if r['contended_record'] else ''} | "
               f"{r['factor']} | {r['projected_seconds']:,} | `{r['record'].removeprefix('benchmarks/results/')}` |" for r in out]
     marked = sum(r["projected_seconds"] for r in out if r["contended_record"])
-    held = record["held_in_memory"]["labels_bytes"] / 1e9
-    lines_after = ["", f"Not streamed (arithmetic, not measured): `train_segmenter` and each label round hold every "
-                       f"training image's labels in memory, {held:.1f} GB at 500x375 for train_aug; `train_refiner` "
-                       f"holds its maps, {held:.1f} GB per tag an image carries."]
+    lab, maps = held["labels"], held["maps"]
+    lines_after = ["", f"Held in memory, not streamed: `train_segmenter` and each label round hold every training "
+                       f"image's labels, `train_refiner` every image's maps, zlib-compressed: for train_aug about "
+                       f"{lab['train_aug_held_mb_at_this_ratio']:.0f} MB of labels (raw "
+                       f"{lab['train_aug_raw_gb_at_this_mean_size']} GB, {lab['ratio']}x) and "
+                       f"{maps['train_aug_held_mb_at_this_ratio']:.0f} MB of maps (raw "
+                       f"{maps['train_aug_raw_gb_at_this_mean_size']} GB, {maps['ratio']}x), scaled from "
+                       "voc2012-mini's stores (`label_memory.json`)."]
     lines.append(f"| **total** | | | | **{total:,}** (~{total / 3600:.0f} h; {marked:,} of it from the * rows) | |")
     return record, lines + lines_after
 
