@@ -7,13 +7,14 @@
     root/ImageSets/Segmentation/<split>.txt   (one id a line; DeepLab's `/JPEGImages/<id>.jpg
                                             /SegmentationClassAug/<id>.png` lines also read)
     root/tags.csv                          (optional: `id,name name ...` for images without masks)
+    root/Annotations/<id>.xml              (optional: VOC's detection annotations, for images without either)
     root/classes.txt                       (optional: one name per line, background first; VOC's 21 by default)
 
 An image's mask is SegmentationClass/<id>.png, else SegmentationClassAug/<id>.png (VOC's own
-masks win where both exist). Image-level tags come from the mask when there is one, else from
-tags.csv (an image with a mask may also have a tags.csv line; the mask wins): the classes present
-in a mask, as DRS and IRN derive train_aug's cls_labels.npy from SegmentationClassAug. Beyond those
-tags a mask only scores. Every image of a training split needs at least one object class:
+masks win where both exist). Image-level tags come from the mask when there is one (the classes
+present in it, as DRS and IRN derive train_aug's cls_labels.npy from SegmentationClassAug), else
+from tags.csv, else from Annotations/<id>.xml (the classes its objects name). Beyond those tags a
+mask only scores. Every image of a training split needs at least one object class:
 image-level-tag WSSS learns nothing from an image without one.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pyarrow as pa
@@ -137,6 +139,23 @@ def tags_from_mask(mask: np.ndarray) -> list[int]:
     return [int(c) for c in np.unique(mask) if 0 < c < IGNORE]
 
 
+def annotation_path(root: str | Path, image_id: str) -> Path:
+    return Path(root) / "Annotations" / f"{image_id}.xml"
+
+
+def tags_from_annotation(path: Path, classes: list[str]) -> list[int]:
+    """The classes a VOC detection annotation names (every <object>, difficult ones too)."""
+    index = {name: i for i, name in enumerate(classes)}
+    try:
+        names = [(obj.findtext("name") or "").strip() for obj in ElementTree.parse(path).getroot().iter("object")]
+    except (ElementTree.ParseError, OSError) as exc:
+        raise DataError(f"{path}: not a readable annotation ({exc})") from None
+    unknown = [n for n in names if index.get(n, 0) == 0]
+    if unknown:
+        raise DataError(f"{path}: unknown class {unknown[0]!r} (classes: {', '.join(classes[1:])})")
+    return sorted({index[n] for n in names})
+
+
 def read_tags_file(root: str | Path, classes: list[str]) -> dict[str, list[int]]:
     return {image_id: tags for image_id, (_, tags) in _read_tags_lines(root, classes).items()}
 
@@ -241,9 +260,12 @@ def scan(root: str | Path, splits: list[str], allow_no_objects: tuple[str, ...] 
         elif image_id in file_tags:
             lineno, tags = file_tags[image_id]
             empty = f"{tags_path} line {lineno} lists none"
+        elif (xml := annotation_path(root, image_id)).exists():
+            tags = tags_from_annotation(xml, classes)
+            empty = f"{xml} names no object"
         else:
-            raise DataError(f"image {image_id!r}: no mask in {' or '.join(d + '/' for d in MASK_DIRS)} and no line "
-                            f"in tags.csv (split {split}{_missing_folders(root, split)})")
+            raise DataError(f"image {image_id!r}: no mask in {' or '.join(d + '/' for d in MASK_DIRS)}, no line "
+                            f"in tags.csv and no Annotations/{image_id}.xml (split {split}{_missing_folders(root, split)})")
         if not tags and split not in allow_no_objects:
             raise DataError(f"image {image_id!r} (split {split}): no object class ({empty}); "
                             "every training image needs at least one")

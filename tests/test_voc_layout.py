@@ -112,3 +112,31 @@ def test_val_image_in_the_training_list_is_named(vocdevkit):
     (sets / "train_aug.txt").write_text("\n".join([*VOC_ONLY, *AUG_ONLY, *VOC_ONLY]) + "\n")
     with pytest.raises(voc.DataError, match=r"image '2007_000032' is listed twice in train_aug"):
         voc.scan(vocdevkit, ["train_aug"])
+
+
+def _annotation(path, names):
+    objects = "".join(f"<object><name>{n}</name><difficult>0</difficult></object>" for n in names)
+    path.write_text(f"<annotation><filename>{path.stem}.jpg</filename>{objects}</annotation>")
+
+
+def test_tags_from_annotations_when_there_is_no_mask(vocdevkit):
+    (vocdevkit / "SegmentationClassAug" / "2011_003276.png").unlink()
+    _annotation(vocdevkit / "Annotations" / "2011_003276.xml", ["dog", "person", "dog"])
+    _annotation(vocdevkit / "Annotations" / "2008_000002.xml", ["cat"])   # has a mask (person): the mask wins
+    rows = {r["id"]: r for r in voc.scan(vocdevkit, ["train_aug"])[0].to_pylist()}
+    assert rows["2011_003276"]["tags"] == [12, 15] and rows["2011_003276"]["has_mask"] is False
+    assert rows["2008_000002"]["tags"] == [15] and rows["2008_000002"]["has_mask"] is True
+
+
+def test_bad_annotation_is_named(vocdevkit):
+    (vocdevkit / "SegmentationClassAug" / "2011_003276.png").unlink()
+    xml = vocdevkit / "Annotations" / "2011_003276.xml"
+    _annotation(xml, ["dog", "unicorn"])
+    with pytest.raises(voc.DataError, match=r"2011_003276.xml: unknown class 'unicorn'"):
+        voc.scan(vocdevkit, ["train_aug"])
+    xml.write_text("<annotation><object>")
+    with pytest.raises(voc.DataError, match=r"2011_003276.xml: not a readable annotation"):
+        voc.scan(vocdevkit, ["train_aug"])
+    _annotation(xml, [])
+    with pytest.raises(voc.DataError, match=r"image '2011_003276' \(split train_aug\): no object class .*names no object"):
+        voc.scan(vocdevkit, ["train_aug"])
