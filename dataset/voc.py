@@ -2,13 +2,20 @@
 
     root/JPEGImages/<id>.jpg
     root/SegmentationClass/<id>.png        (optional: palette or grey PNG, 0..C-1 and 255)
-    root/ImageSets/Segmentation/<split>.txt
+    root/SegmentationClassAug/<id>.png     (optional: SBD's augmented masks as PNG, for ids that
+                                            SegmentationClass lacks; the train_aug split's 10,582)
+    root/ImageSets/Segmentation/<split>.txt   (one id a line; DeepLab's `/JPEGImages/<id>.jpg
+                                            /SegmentationClassAug/<id>.png` lines also read)
     root/tags.csv                          (optional: `id,name name ...` for images without masks)
+    root/Annotations/<id>.xml              (optional: VOC's detection annotations, for images without either)
     root/classes.txt                       (optional: one name per line, background first; VOC's 21 by default)
 
-Image-level tags come from the mask when there is one, else from tags.csv (an image with a mask
-may also have a tags.csv line; the mask wins). Every image of a training split needs at least one
-object class: image-level-tag WSSS learns nothing from an image without one.
+An image's mask is SegmentationClass/<id>.png, else SegmentationClassAug/<id>.png (VOC's own
+masks win where both exist). Image-level tags come from the mask when there is one (the classes
+present in it, as DRS and IRN derive train_aug's cls_labels.npy from SegmentationClassAug), else
+from tags.csv, else from Annotations/<id>.xml (the classes its objects name). Beyond those tags a
+mask only scores. Every image of a training split needs at least one object class:
+image-level-tag WSSS learns nothing from an image without one.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import pyarrow as pa
@@ -59,11 +67,27 @@ def read_classes(root: str | Path) -> list[str]:
     return names
 
 
+MASK_DIRS = ("SegmentationClass", "SegmentationClassAug")   # where an image's mask is looked for, in order
+
+
+def _split_id(token: str) -> str:
+    """An id from a split line's first token: `2007_000032`, or DeepLab's `/JPEGImages/2007_000032.jpg`."""
+    if "/" in token or token.lower().endswith((".jpg", ".jpeg", ".png")):
+        return Path(token).stem
+    return token
+
+
 def read_split(root: str | Path, split: str) -> list[str]:
-    path = Path(root) / "ImageSets" / "Segmentation" / f"{split}.txt"
+    folder = Path(root) / "ImageSets" / "Segmentation"
+    path = folder / f"{split}.txt"
     if not path.exists():
-        raise DataError(f"{path}: split file not found (is data.root a VOC-layout dataset?)")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+        found = sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
+        have = f"; {folder} has {', '.join(found)}" if found else (
+            f"; {folder} has no split files" if folder.is_dir() else f"; there is no {folder} folder")
+        hint = (" (train_aug.txt lists SBD's 10,582 augmented training images: README, "
+                "'Full PASCAL VOC 2012 + SBD')") if split == "train_aug" else " (is data.root a VOC-layout dataset?)"
+        raise DataError(f"{path}: split file not found{have}{hint}")
+    ids = [_split_id(line.split()[0]) for line in path.read_text().splitlines() if line.strip()]
     if not ids:
         raise DataError(f"{path}: the split lists no images")
     return ids
@@ -74,7 +98,10 @@ def image_path(root: str | Path, image_id: str) -> Path:
 
 
 def mask_path(root: str | Path, image_id: str) -> Path:
-    return Path(root) / "SegmentationClass" / f"{image_id}.png"
+    """SegmentationClass/<id>.png, else SegmentationClassAug/<id>.png where only that exists (the
+    first path when neither does)."""
+    paths = [Path(root) / sub / f"{image_id}.png" for sub in MASK_DIRS]
+    return next((p for p in paths if p.exists()), paths[0])
 
 
 def load_image(root: str | Path, image_id: str) -> np.ndarray:
@@ -110,6 +137,23 @@ def load_mask(root: str | Path, image_id: str, n_classes: int) -> np.ndarray | N
 
 def tags_from_mask(mask: np.ndarray) -> list[int]:
     return [int(c) for c in np.unique(mask) if 0 < c < IGNORE]
+
+
+def annotation_path(root: str | Path, image_id: str) -> Path:
+    return Path(root) / "Annotations" / f"{image_id}.xml"
+
+
+def tags_from_annotation(path: Path, classes: list[str]) -> list[int]:
+    """The classes a VOC detection annotation names (every <object>, difficult ones too)."""
+    index = {name: i for i, name in enumerate(classes)}
+    try:
+        names = [(obj.findtext("name") or "").strip() for obj in ElementTree.parse(path).getroot().iter("object")]
+    except (ElementTree.ParseError, OSError) as exc:
+        raise DataError(f"{path}: not a readable annotation ({exc})") from None
+    unknown = [n for n in names if index.get(n, 0) == 0]
+    if unknown:
+        raise DataError(f"{path}: unknown class {unknown[0]!r} (classes: {', '.join(classes[1:])})")
+    return sorted({index[n] for n in names})
 
 
 def read_tags_file(root: str | Path, classes: list[str]) -> dict[str, list[int]]:
@@ -197,10 +241,14 @@ def scan(root: str | Path, splits: list[str], allow_no_objects: tuple[str, ...] 
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data.root {str(root)!r} is not a directory")
+    if not (root / "JPEGImages").is_dir():
+        raise DataError(f"{root / 'JPEGImages'}: folder not found (data.root must hold the images as "
+                        "JPEGImages/<id>.jpg, e.g. VOCdevkit/VOC2012)")
     classes = read_classes(root)
     file_tags = _read_tags_lines(root, classes)
     tags_path = root / "tags.csv"
     items = [(split, image_id) for split in splits for image_id in read_split(root, split)]
+    _check_distinct(root, items)
     rows = {name: [] for name in MANIFEST_SCHEMA.names}
     for (split, image_id), entry in zip(items, _read_entries(root, len(classes), items, workers)):
         if isinstance(entry, DataError):
@@ -212,8 +260,12 @@ def scan(root: str | Path, splits: list[str], allow_no_objects: tuple[str, ...] 
         elif image_id in file_tags:
             lineno, tags = file_tags[image_id]
             empty = f"{tags_path} line {lineno} lists none"
+        elif (xml := annotation_path(root, image_id)).exists():
+            tags = tags_from_annotation(xml, classes)
+            empty = f"{xml} names no object"
         else:
-            raise DataError(f"image {image_id!r}: no mask in SegmentationClass/ and no line in tags.csv")
+            raise DataError(f"image {image_id!r}: no mask in {' or '.join(d + '/' for d in MASK_DIRS)}, no line "
+                            f"in tags.csv and no Annotations/{image_id}.xml (split {split}{_missing_folders(root, split)})")
         if not tags and split not in allow_no_objects:
             raise DataError(f"image {image_id!r} (split {split}): no object class ({empty}); "
                             "every training image needs at least one")
@@ -222,6 +274,27 @@ def scan(root: str | Path, splits: list[str], allow_no_objects: tuple[str, ...] 
     table = pa.table(rows, schema=MANIFEST_SCHEMA)
     meta = {"classes": json.dumps(classes), "root": str(root)}
     return table.replace_schema_metadata(meta), classes
+
+
+def _check_distinct(root: Path, items: list[tuple[str, str]]) -> None:
+    """An id once per split and in one split only: a training image scored on val inflates the
+    score (SBD's own train + val lists hold VOC val images; train_aug.txt leaves them out)."""
+    seen: dict[str, str] = {}
+    for split, image_id in items:
+        if image_id in seen:
+            where = f"twice in {split}" if seen[image_id] == split else f"in both {seen[image_id]} and {split}"
+            raise DataError(f"image {image_id!r} is listed {where} ({root / 'ImageSets' / 'Segmentation'}): "
+                            "each image belongs to one split, once")
+        seen[image_id] = split
+
+
+def _missing_folders(root: Path, split: str) -> str:
+    """The mask folders data.root lacks, said after a missing-mask error (SegmentationClassAug only
+    for a split named like SBD's train_aug, or when both are missing)."""
+    missing = [str(root / sub) for sub in MASK_DIRS if not (root / sub).is_dir()]
+    if len(missing) == 1 and missing[0].endswith("Aug") and "aug" not in split.lower():
+        missing = []
+    return f"; {' and '.join(missing)} {'does' if len(missing) == 1 else 'do'} not exist" if missing else ""
 
 
 def read_manifest(path: str | Path) -> tuple[pa.Table, list[str], Path]:

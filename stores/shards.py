@@ -1,6 +1,9 @@
 """Packed per-image records: Parquet shards written into a directory that appears atomically.
 
-Stages store thousands of per-image arrays this way (maps, labels) instead of one file each.
+Stages store thousands of per-image arrays this way (maps, labels) instead of one file each. Each
+shard holds `shard_size` records in Parquet row groups of ROW_GROUP records, and records are
+written and read one row group at a time: what a stage holds of a store is ROW_GROUP records
+(twice: as Arrow and as Python rows), not a whole shard (a shard of VOC-size maps is ~70 MB).
 """
 from __future__ import annotations
 
@@ -12,28 +15,42 @@ import pyarrow.parquet as pq
 
 from stores.atomic import atomic_path
 
+ROW_GROUP = 16   # records per Parquet row group: the unit written and read
+
 
 def write(rows: Iterable[dict], schema: pa.Schema, out_dir: str | Path, shard_size: int) -> int:
     """Write dict rows (keys = schema names) in shards of `shard_size`; returns the row count."""
-    count, shard, batch = 0, 0, []
+    count, shard, in_shard, group, writer = 0, 0, 0, [], None
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        for row in rows:
-            batch.append(row)
-            count += 1
-            if len(batch) >= shard_size:
-                pq.write_table(pa.Table.from_pylist(batch, schema=schema), tmp / f"part-{shard:05d}.parquet",
-                               compression="zstd")
-                shard, batch = shard + 1, []
-        if batch:
-            pq.write_table(pa.Table.from_pylist(batch, schema=schema), tmp / f"part-{shard:05d}.parquet",
-                           compression="zstd")
+        try:
+            for row in rows:
+                group.append(row)
+                count, in_shard = count + 1, in_shard + 1
+                if len(group) >= ROW_GROUP or in_shard >= shard_size:
+                    if writer is None:
+                        writer = pq.ParquetWriter(tmp / f"part-{shard:05d}.parquet", schema, compression="zstd")
+                    writer.write_table(pa.Table.from_pylist(group, schema=schema))
+                    group = []
+                if in_shard >= shard_size:
+                    writer.close()
+                    writer, shard, in_shard = None, shard + 1, 0
+            if group:
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp / f"part-{shard:05d}.parquet", schema, compression="zstd")
+                writer.write_table(pa.Table.from_pylist(group, schema=schema))
+        finally:
+            if writer is not None:
+                writer.close()
     return count
 
 
 def read(in_dir: str | Path) -> Iterator[dict]:
+    """The rows of every shard in order, one row group at a time."""
     shards = sorted(Path(in_dir).glob("part-*.parquet"))
     if not shards:
         raise FileNotFoundError(f"{in_dir}: no shards (run the stage that writes them first)")
     for shard in shards:
-        yield from pq.read_table(shard).to_pylist()
+        with pq.ParquetFile(shard) as parquet:
+            for group in range(parquet.num_row_groups):
+                yield from parquet.read_row_group(group).to_pylist()

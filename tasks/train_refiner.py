@@ -26,7 +26,7 @@ def main(params: dict) -> dict:
     seed_everything(cfg["seed"])
     device = resolve_device(cfg["device"])
     _, classes, root = voc.read_manifest(paths.MANIFEST)
-    stored = {image_id: (c, maps) for image_id, c, maps in mapstore.read(paths.MAPS, as_uint8=True)}
+    stored = mapstore.read_dict(paths.MAPS)   # {id: (classes, uint8 maps)}, held compressed
     n_fg = len(classes) - 1
     model = build_localizer(cfg, n_fg)
     loader = training_loader(TrainingCrops(root, list(stored), MapTarget(stored, n_fg), cfg["crop_size"],
