@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -66,6 +67,49 @@ def atomic_path(path: str | Path):
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
         os.close(lock)
+
+
+# Files a chunk of a scaled-out stage (scaleout/) writes into a stage's temporary output folder:
+# each under a temporary name, then renamed, so a worker killed mid-chunk leaves no half-written
+# file under the real name and a retried chunk overwrites its own files cleanly. What a killed
+# writer left under a temporary name is removed (remove_partials) before the folder is renamed.
+PARTIAL = ".partial-"   # in the temporary name: `.NAME.partial-<pid>-<random>`
+KILL_ONCE_ENV = "WSSS_SCALEOUT_KILL_ONCE"   # tests: a marker path; the first write to find it absent dies
+
+
+def _kill_hook() -> None:
+    """Test hook: with WSSS_SCALEOUT_KILL_ONCE=<marker>, the first process to get here creates the
+    marker and exits at once, as a killed worker would, its temporary file left behind."""
+    marker = os.environ.get(KILL_ONCE_ENV)
+    if not marker:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os._exit(17)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path):
+    """Yield a temporary sibling of `path`; rename it onto `path` if the block succeeds."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        _kill_hook()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_partials(folder: str | Path) -> int:
+    """Remove what killed writers left under temporary names in `folder` (recursively); returns the count."""
+    gone = 0
+    for leftover in Path(folder).rglob(f".*{PARTIAL}*"):
+        leftover.unlink(missing_ok=True)
+        gone += 1
+    return gone
 
 
 def write_json(obj, path: str | Path) -> None:
