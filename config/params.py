@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import functools
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Optional, get_args, get_origin
+from typing import Annotated, Any, Iterable, Literal, get_args, get_origin
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -306,16 +306,16 @@ class Scaleout(Section):
     """How per-image stages run (scaleout/): in this process as shipped, or as chunks on a Dask
     cluster. Outputs are identical either way, so dvc.yaml tracks none of these keys."""
     engine: Literal["local", "dask"] = "local"
-    address: Optional[str] = Field(None, pattern=r"^(tcp|tls|ucx|inproc|ws|wss)://\S+$")   # null: a LocalCluster here
+    address: str = Field("", pattern=r"^((tcp|tls|ucx|inproc|ws|wss)://\S+)?$")   # empty: a LocalCluster here
     workers: int = Field(0, ge=0, le=1024)      # LocalCluster worker processes (1 thread each); 0: all cores
     retries: int = Field(2, ge=0, le=100)       # a chunk that failed or whose worker died runs again this often
     chunk_size: Count = 32   # images per chunk where the output is not sharded (val scoring, predict)
 
     @model_validator(mode="after")
     def _address_needs_dask(self) -> "Scaleout":
-        if self.address is not None and self.engine != "dask":
+        if self.address and self.engine != "dask":
             raise _invalid("is set, but scaleout.engine is 'local': set scaleout.engine=dask to use it "
-                           "(or address: null)", "address")
+                           "(or leave the address empty)", "address")
         return self
 
 

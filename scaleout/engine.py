@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from config.errors import StageError
 
+LOCAL = {"engine": "local", "address": "", "workers": 0, "retries": 0, "chunk_size": 32}   # callers without params
 _ON_WORKER = False   # set in a Dask worker process: per-chunk progress bars stay off there
 
 
