@@ -108,7 +108,7 @@ class DaskEngine:
                                       f"({exc})") from None
             else:   # workers one thread each: a torch network per process, no oversubscription
                 self.cluster = LocalCluster(n_workers=cfg["workers"] or os.cpu_count() or 1, threads_per_worker=1,
-                                            processes=True, dashboard_address=None, silence_logs=logging.ERROR,
+                                            processes=True, dashboard_address=":0", silence_logs=logging.ERROR,
                                             resources={"GPU": 1} if gpu else None)
                 self.client = Client(self.cluster)
         workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
