@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 from tqdm import tqdm
 
 from config.errors import StageError
+from stores import atomic
 
 LOCAL = {"engine": "local", "address": "", "workers": 0, "retries": 0, "chunk_size": 32}   # callers without params
 _ON_WORKER = False   # set in a Dask worker process: per-chunk progress bars stay off there
@@ -82,9 +83,24 @@ class LocalEngine:
             self._pool.join()
 
 
+KILL_ONCE_ENV = "WSSS_SCALEOUT_KILL_ONCE"   # tests: a marker path (tests/test_scaleout_dask.py)
+
+
+def _die_once(tmp) -> None:
+    """Test hook on Dask workers: the first worker to have written a file under its temporary name
+    creates the marker and exits at once, as a killed worker would, the temporary file left behind."""
+    try:
+        os.close(os.open(os.environ[KILL_ONCE_ENV], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os._exit(17)
+
+
 def _on_worker(fn: Callable, task: Any) -> Any:
     global _ON_WORKER
     _ON_WORKER = True
+    if os.environ.get(KILL_ONCE_ENV):
+        atomic.before_rename = _die_once
     return fn(task, map)
 
 

@@ -74,20 +74,7 @@ def atomic_path(path: str | Path):
 # file under the real name and a retried chunk overwrites its own files cleanly. What a killed
 # writer left under a temporary name is removed (remove_partials) before the folder is renamed.
 PARTIAL = ".partial-"   # in the temporary name: `.NAME.partial-<pid>-<random>`
-KILL_ONCE_ENV = "WSSS_SCALEOUT_KILL_ONCE"   # tests: a marker path; the first write to find it absent dies
-
-
-def _kill_hook() -> None:
-    """Test hook: with WSSS_SCALEOUT_KILL_ONCE=<marker>, the first process to get here creates the
-    marker and exits at once, as a killed worker would, its temporary file left behind."""
-    marker = os.environ.get(KILL_ONCE_ENV)
-    if not marker:
-        return
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
-    os._exit(17)
+before_rename = None   # tests (scaleout/engine.py): called with the temporary path once it is written
 
 
 @contextlib.contextmanager
@@ -97,7 +84,8 @@ def atomic_file(path: str | Path):
     tmp = path.with_name(f".{path.name}{PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
-        _kill_hook()
+        if before_rename is not None:
+            before_rename(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

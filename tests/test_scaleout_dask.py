@@ -6,14 +6,15 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 
 from config.params import ParamsError, load
 from flows import dvc_commands
-from scaleout.engine import EngineError
-from stores.atomic import KILL_ONCE_ENV, PARTIAL
+from scaleout.engine import KILL_ONCE_ENV, EngineError
+from stores.atomic import PARTIAL
 from tests.conftest import REPO
 from tests.test_pipeline_dvc import SMALL
 
@@ -47,11 +48,15 @@ def metrics(root: Path, stage: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
+    """(scheduler address, kill marker): a worker whose process finds the marker gone dies in its
+    next file write (scaleout/engine.py, the test hook); the marker exists, so none does yet."""
     from distributed import LocalCluster
+    marker = tmp_path_factory.mktemp("kill") / "killed"
+    marker.touch()
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.ERROR) as c:
-        yield c.scheduler_address
+                      silence_logs=logging.ERROR, env={KILL_ONCE_ENV: str(marker)}) as c:
+        yield c.scheduler_address, marker
 
 
 def run(work: Path, stage: str, *extra: str) -> dict:
@@ -59,7 +64,8 @@ def run(work: Path, stage: str, *extra: str) -> dict:
     here = os.getcwd()
     os.chdir(work)
     try:
-        return run_stage(stage, load(REPO / "params.yaml", [*TINY, *extra]))
+        with mock.patch.dict(os.environ, {"WSSS_TRACKING": "off"}):
+            return run_stage(stage, load(REPO / "params.yaml", [*TINY, *extra]))
     finally:
         os.chdir(here)
 
@@ -68,7 +74,6 @@ def run(work: Path, stage: str, *extra: str) -> dict:
 def work(tmp_path_factory):
     """The upstream stages, once, on engine local: data, manifest, classifier, maps, refiner,
     pseudo labels and a segmenter in one folder."""
-    os.environ["WSSS_TRACKING"] = "off"
     root = tmp_path_factory.mktemp("scaleout")
     for stage in ("demo", "manifest", "train_classifier", "export_maps", "train_refiner", "pseudo_labels",
                   "train_segmenter"):
@@ -76,8 +81,8 @@ def work(tmp_path_factory):
     return root
 
 
-def dask_at(address: str) -> list[str]:
-    return ["scaleout.engine=dask", f"scaleout.address={address}"]
+def dask_at(cluster) -> list[str]:
+    return ["scaleout.engine=dask", f"scaleout.address={cluster[0]}"]
 
 
 @pytest.mark.parametrize("stage", ["export_maps", "export_refined", "pseudo_labels"])
@@ -126,17 +131,25 @@ def test_dask_folder_prediction_is_byte_identical_to_local(work, cluster, tmp_pa
     assert len(outs[0]) == 9 and outs[0] == outs[1]
 
 
-def test_dask_killed_worker_retries_its_chunk_and_leaves_no_temporaries(work, monkeypatch, tmp_path):
+def test_dask_killed_worker_retries_its_chunk_and_leaves_no_temporaries(work, cluster):
     run(work, "pseudo_labels")
     local = files(work, OUTPUTS["pseudo_labels"])
-    marker = tmp_path / "killed"
-    monkeypatch.setenv(KILL_ONCE_ENV, str(marker))   # a worker of the new LocalCluster dies in its first write
-    assert run(work, "pseudo_labels", "scaleout.engine=dask")["engine"] == "dask"
+    address, marker = cluster
+    marker.unlink()   # armed: the first worker to write a file now dies with it half-done
+    assert run(work, "pseudo_labels", *dask_at(cluster))["engine"] == "dask"
     assert marker.exists()   # a worker did die mid-chunk
     assert files(work, OUTPUTS["pseudo_labels"]) == local
     leftovers = [p for d in ("artifacts", "reports") for p in (work / d).rglob("*")
                  if PARTIAL in p.name or p.name.startswith(".pseudo_labels.")]
     assert leftovers == []
+
+
+def test_dask_engine_starts_a_local_cluster_when_no_address_is_given():
+    from scaleout.engine import open_engine
+    cfg = load(REPO / "params.yaml", ["scaleout.engine=dask", "scaleout.workers=1"])["scaleout"]
+    with open_engine(cfg) as engine:
+        assert engine.cluster is not None and engine.workers == 1
+        assert list(engine.run(lambda task, imap: sum(imap(abs, task)), [[-1, 2], [-3]])) == [3, 3]
 
 
 def test_dask_refuses_prm_export_with_a_clear_error(work):
