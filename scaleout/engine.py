@@ -118,7 +118,7 @@ class DaskEngine:
         with dask.config.set({"distributed.scheduler.allowed-failures": cfg["retries"]}):
             if cfg["address"]:
                 try:
-                    self.client = Client(cfg["address"], timeout="20s")
+                    self.client = Client(cfg["address"], timeout="20s", set_as_default=False)
                 except OSError as exc:
                     raise EngineError(f"scaleout.address: cannot reach the Dask scheduler at {cfg['address']} "
                                       f"({exc})") from None
@@ -126,9 +126,13 @@ class DaskEngine:
                 self.cluster = LocalCluster(n_workers=cfg["workers"] or os.cpu_count() or 1, threads_per_worker=1,
                                             processes=True, dashboard_address=":0", silence_logs=logging.ERROR,
                                             resources={"GPU": 1} if gpu else None)
-                self.client = Client(self.cluster)
+                self.client = Client(self.cluster, set_as_default=False)
         workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
         self.workers = len(workers)
+        if not workers:   # tasks would wait forever
+            self.close()
+            raise EngineError(f"the Dask scheduler at {cfg['address']} has no workers: start some with "
+                              f"`dask worker {cfg['address']} --nthreads 1`")
         if gpu and not any(w.get("resources", {}).get("GPU") for w in workers):
             self.close()
             raise EngineError(f"the stage runs on CUDA but no Dask worker at {cfg['address']} offers a GPU: "
@@ -141,10 +145,15 @@ class DaskEngine:
         """Results in task order; the first chunk that fails for good stops the stage."""
         futures = self.client.map(functools.partial(_on_worker, fn), tasks, retries=self.retries, pure=False,
                                   resources={"GPU": 1} if gpu else None)
+        from distributed import KilledWorker
         try:
-            for future in tqdm(futures, desc=f"{desc} (dask, {self.workers} workers)", unit="chunk",
-                               dynamic_ncols=True):
-                yield future.result()
+            for k, future in enumerate(tqdm(futures, desc=f"{desc} (dask, {self.workers} workers)", unit="chunk",
+                                            dynamic_ncols=True)):
+                try:
+                    yield future.result()
+                except KilledWorker as exc:
+                    raise EngineError(f"{desc}: chunk {k} killed its worker {self.retries + 1} times "
+                                      f"(out of memory? see the workers' logs): {exc}") from None
         finally:
             self.client.cancel(futures)
 
