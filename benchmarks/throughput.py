@@ -170,6 +170,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stages", default="map_export,pseudo_labels,predict")
     parser.add_argument("--work", default="/tmp/wsss-throughput")
+    parser.add_argument("--append", action="store_true",
+                        help="keep throughput.jsonl's rows of the stages not measured now (the table shows all)")
     args = parser.parse_args()
     if not args.root:
         raise SystemExit("set WSSS_VOC_MINI or --root (a VOC-layout dataset)")
@@ -231,9 +233,11 @@ def main() -> None:
                 "predict_scales": base["segmenter"]["val_scales"], "predict_flip": base["segmenter"]["val_flip"],
                 "superpixels": base["pseudo_labels"]["superpixels"]["enabled"], "load_start": os.getloadavg()[0],
                 **host()}
-    out_rows = []
+    jsonl, stages = RESULTS / "throughput.jsonl", args.stages.split(",")
+    kept = [json.loads(line) for line in jsonl.read_text().splitlines()] if args.append and jsonl.exists() else []
+    out_rows = [r for r in kept if r["stage"] not in stages]
     try:
-        for stage in args.stages.split(","):
+        for stage in stages:
             seconds = {v: [] for v in variants[stage]}
             if stage == "pseudo_labels" and not paths.MAPS.exists():
                 variants["map_export"]["shipped"]()
@@ -252,23 +256,23 @@ def main() -> None:
                 if variant == "bare_forward":
                     row["shipped_time_over_bare"] = round(ips["bare_forward"] / ips["shipped"], 2)
                 out_rows.append({**row, **settings})
-            (RESULTS / "throughput.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out_rows))
+            jsonl.write_text("".join(json.dumps(r) + "\n" for r in out_rows))
     finally:
         cluster.close()
         os.chdir(here)
     settings["load_end"] = os.getloadavg()[0]
-    lines = [f"# Throughput of the per-image stages ({n} {root.name} train images, images/s, median of "
-             f"{args.repeats}; {host()['cpus']} cores; {time.strftime('%Y-%m-%d %H:%M')})", "",
-             "| stage | naive | shipped | dask | shipped / naive | dask / naive | dask / shipped | bare forward | "
-             "map export time / bare forward |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"# Throughput of the per-image stages ({n} {root.name} train images, images/s, the median over "
+             f"the repeats; {host()['cpus']} cores; {time.strftime('%Y-%m-%d %H:%M')})", "",
+             "| stage | repeats | naive | shipped | dask | shipped / naive | dask / naive | dask / shipped | "
+             "bare forward | map export time / bare forward |", "|---|---|---|---|---|---|---|---|---|---|"]
     for stage in dict.fromkeys(r["stage"] for r in out_rows):
         by = {r["variant"]: r for r in out_rows if r["stage"] == stage}
         bare = by.get("bare_forward")
-        lines.append(f"| {stage} | {by['naive']['images_per_s']} | {by['shipped']['images_per_s']} | "
+        lines.append(f"| {stage} | {by['naive']['repeats']} | {by['naive']['images_per_s']} | {by['shipped']['images_per_s']} | "
                      f"{by['dask']['images_per_s']} | {by['shipped']['ratio_vs_naive']} | {by['dask']['ratio_vs_naive']} | "
                      f"{by['dask']['ratio_vs_shipped']} | {bare['images_per_s'] if bare else '-'} | "
                      f"{bare['shipped_time_over_bare'] if bare else '-'} |")
-    lines += ["", f"Settings: {json.dumps(settings)}", "", "Raw rows: benchmarks/results/throughput.jsonl; "
+    lines += ["", f"Settings (this run; each row of the jsonl has its own): {json.dumps(settings)}", "", "Raw rows: benchmarks/results/throughput.jsonl; "
               "made by `python benchmarks/throughput.py` (its docstring says what each variant is)."]
     print("\n".join(lines))
     write_lines("throughput.md", lines)
