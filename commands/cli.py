@@ -67,11 +67,14 @@ def predict(
     from commands.predict import ImageError, input_images, predict_folder
     from config.params import ParamsError, load
 
-    with user_errors(FileNotFoundError, NotADirectoryError, OutputError, ImageError, ParamsError):
+    from scaleout.engine import EngineError
+
+    with user_errors(FileNotFoundError, NotADirectoryError, OutputError, ImageError, ParamsError, EngineError):
         input_images(in_dir)  # a missing input fails before params and the model load
-        seg = load(params)["segmenter"]
+        loaded = load(params)
+        seg = loaded["segmenter"]
         n = predict_folder(in_dir, out_dir, checkpoint, seg["device"], crf, seg["crf"], seg["precision"],
-                           overwrite=overwrite)
+                           overwrite=overwrite, scaleout=loaded["scaleout"])
     typer.echo(f"{n} images -> {out_dir}/labels (palette PNGs) and {out_dir}/overlays")
 
 

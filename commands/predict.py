@@ -7,17 +7,19 @@ commands/outputs.py keeps; it is replaced whole, atomically, and only where that
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from commands import outputs
 from dataset import images
 from labelling.crf import crf_argmax
-from training import checkpoints
-from training.runtime import resolve_device
+from scaleout.engine import LOCAL, open_engine, progress
+from stores.atomic import atomic_file, remove_partials
+from training.checkpoints import CheckpointRef
+from training.runtime import wants_gpu
 from training.segmentation import predict_probs
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -39,31 +41,63 @@ def input_images(in_dir: Path) -> list[Path]:
     return files
 
 
+@dataclass
+class PredictChunk:
+    """Images `files` -> labels/ and overlays/ of the temporary output folder `out_dir`."""
+    files: list[str]
+    out_dir: str
+    network: CheckpointRef
+    use_crf: bool
+    crf_cfg: dict | None
+    precision: str
+
+
+def predict_chunk(task: PredictChunk, imap=None) -> int:
+    """Segment one chunk of images; each PNG is written under a temporary name, then renamed."""
+    model, config, dev = task.network.get()
+    cfg, out = config["network"], Path(task.out_dir)
+    for path in progress(task.files, len(task.files), "predict"):
+        path = Path(path)
+        try:
+            with Image.open(path) as img:
+                image = np.array(img.convert("RGB"), dtype=np.uint8)
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ImageError(f"{path}: not a readable image ({exc})") from None
+        probs = predict_probs(model, image, dev, cfg["val_flip"], cfg.get("val_scales", [1.0]), task.precision)
+        labels = (crf_argmax(image, probs, task.crf_cfg or cfg["crf"]) if task.use_crf
+                  else probs.argmax(0).astype(np.uint8))
+        with atomic_file(out / "labels" / f"{path.stem}.png") as tmp:
+            images.palette_png(labels).save(tmp, format="PNG")
+        with atomic_file(out / "overlays" / f"{path.stem}.png") as tmp:
+            Image.fromarray(images.blend(image, images.colour_labels(labels), 0.55)).save(tmp, format="PNG")
+    return len(task.files)
+
+
 def predict_folder(in_dir: Path, out_dir: Path, checkpoint: Path, device: str = "auto", use_crf: bool = False,
-                   crf_cfg: dict | None = None, precision: str = "auto", overwrite: bool = False) -> int:
+                   crf_cfg: dict | None = None, precision: str = "auto", overwrite: bool = False,
+                   scaleout: dict | None = None) -> int:
     """Like `device`, `precision` belongs to the machine that predicts, not to the checkpoint.
+    scaleout: params.yaml's section (default: this process); engine dask predicts chunks of
+    scaleout.chunk_size images on the cluster's workers, each loading the checkpoint once.
 
     Refuses (commands.outputs.OutputError) an OUT_DIR inside IN_DIR or holding files this command
     did not write, unless `overwrite`; the inputs and OUT_DIR are checked before the model loads.
     """
     files = input_images(in_dir)
+    scaleout = scaleout or LOCAL
+    network = CheckpointRef(str(Path(checkpoint).resolve()), device)
     with outputs.replacing(out_dir, COMMAND, [in_dir], overwrite) as tmp:
-        dev = resolve_device(device)
-        model, config = checkpoints.load(checkpoint, dev)
-        cfg, classes = config["network"], config["classes"]
+        if scaleout["engine"] == "local":   # dask: only the workers load the network
+            network.get()
+        classes = network.config()["classes"]
         (tmp / "labels").mkdir(parents=True)
         (tmp / "overlays").mkdir()
-        for path in tqdm(files, desc="predict", unit="img", dynamic_ncols=True):
-            try:
-                with Image.open(path) as img:
-                    image = np.array(img.convert("RGB"), dtype=np.uint8)
-            except (UnidentifiedImageError, OSError) as exc:
-                raise ImageError(f"{path}: not a readable image ({exc})") from None
-            probs = predict_probs(model, image, dev, cfg["val_flip"], cfg.get("val_scales", [1.0]), precision)
-            labels = (crf_argmax(image, probs, crf_cfg or cfg["crf"]) if use_crf
-                      else probs.argmax(0).astype(np.uint8))
-            images.palette_png(labels).save(tmp / "labels" / f"{path.stem}.png")
-            Image.fromarray(images.blend(image, images.colour_labels(labels), 0.55)).save(
-                tmp / "overlays" / f"{path.stem}.png")
+        gpu = wants_gpu(device)
+        with open_engine(scaleout, gpu=gpu) as engine:
+            tasks = [PredictChunk([str(f.resolve()) for f in chunk], str(tmp.resolve()), network, use_crf, crf_cfg,
+                                  precision) for _, chunk in engine.split(files)]
+            for _ in engine.run(predict_chunk, tasks, "predict", gpu=gpu):
+                pass
+        remove_partials(tmp)   # what a killed worker left under a temporary name
         (tmp / "classes.txt").write_text("\n".join(classes) + "\n")
     return len(files)

@@ -310,6 +310,23 @@ class Reference(Section):
     crf: bool = False   # also score it with CRF post-processing
 
 
+class Scaleout(Section):
+    """How per-image stages run (scaleout/): in this process as shipped, or as chunks on a Dask
+    cluster. Outputs are identical either way, so dvc.yaml tracks none of these keys."""
+    engine: Literal["local", "dask"] = "local"
+    address: str = Field("", pattern=r"^((tcp|tls|ucx|inproc|ws|wss)://\S+)?$")   # empty: a LocalCluster here
+    workers: int = Field(0, ge=0, le=1024)      # LocalCluster worker processes (1 thread each); 0: all cores
+    retries: int = Field(2, ge=0, le=100)       # a chunk that failed or whose worker died runs again this often
+    chunk_size: Count = 32   # images per chunk where the output is not sharded (val scoring, predict)
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> "Scaleout":
+        if self.address and self.engine != "dask":
+            raise _invalid("is set, but scaleout.engine is 'local': set scaleout.engine=dask to use it "
+                           "(or leave the address empty)", "address")
+        return self
+
+
 class Params(Section):
     profile: str = Field("cpu", pattern=r"^[a-z0-9_]+$")
     data: Data = Data()
@@ -322,6 +339,7 @@ class Params(Section):
     segmenter: Segmenter = Segmenter()
     reference: Reference = Reference()
     distributed: Distributed = Distributed()
+    scaleout: Scaleout = Scaleout()
 
     @model_validator(mode="after")
     def _batch_split(self) -> "Params":

@@ -50,9 +50,20 @@ def select_stages(requested: list[str] | None, available: list[str]) -> list[str
     return [s for s in available if s in requested]
 
 
+def dask_overrides(address: str) -> dict[str, str]:
+    """The form field `dask_address`: per-image stages on that Dask scheduler (tcp://host:8786), or
+    on a LocalCluster of the machine the flow runs on (`local`). DVC tracks neither key (the outputs
+    are the same on every engine), so this re-runs nothing by itself."""
+    return {"scaleout.engine": "dask", "scaleout.address": "" if address == "local" else address}
+
+
 def collect_overrides(named: dict[str, Any], extra: dict[str, Any] | None) -> dict[str, Any]:
     """`{dotted key: value}` from the named form fields (None = not set) and the free dict."""
+    named = dict(named)
+    address = named.pop("dask_address", None)
     out = {NAMED_PARAMS[k]: v for k, v in named.items() if v is not None}
+    if address:
+        out.update(dask_overrides(address))
     for key, value in (extra or {}).items():
         if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
             raise ParamsError(f"overrides: {key!r} is not a dotted params.yaml key")

@@ -76,14 +76,16 @@ DrsMode = Literal["none", "fixed", "learnable"]
 
 
 def run_pipeline(stages: Optional[list[str]], data_root: Optional[str], drs_mode: Optional[str],
-                 drs_delta: Optional[float], epochs: Optional[int], overrides: Optional[dict[str, Any]]) -> dict:
+                 drs_delta: Optional[float], epochs: Optional[int], overrides: Optional[dict[str, Any]],
+                 dask_address: Optional[str] = None) -> dict:
     """The body every flow shares: check the request, then one DVC task per stage, in order."""
     logger = get_run_logger()
     repo = Path.cwd()
     available = dvc_commands.pipeline_stages(repo)
     selected = dvc_commands.select_stages(stages, available)
     wanted = dvc_commands.collect_overrides(
-        {"data_root": data_root, "drs_mode": drs_mode, "drs_delta": drs_delta, "epochs": epochs}, overrides)
+        {"data_root": data_root, "drs_mode": drs_mode, "drs_delta": drs_delta, "epochs": epochs,
+         "dask_address": dask_address}, overrides)
     params = dvc_commands.check_overrides(repo / "params.yaml", wanted)  # bad input fails here, by key
     gpu = dvc_commands.gpu_stages(lineage.read_yaml(repo / "dvc.yaml"), params)
     logger.info("stages %s; overrides %s; gpu-tagged %s", selected, wanted or "none", sorted(gpu & set(selected)))
@@ -106,21 +108,25 @@ def run_pipeline(stages: Optional[list[str]], data_root: Optional[str], drs_mode
 @flow(name="pipeline", log_prints=True)
 def pipeline(stages: Optional[list[str]] = None, data_root: Optional[str] = None,
              drs_mode: Optional[DrsMode] = None, drs_delta: Optional[float] = None,
-             epochs: Optional[int] = None, overrides: Optional[dict[str, Any]] = None) -> dict:
+             epochs: Optional[int] = None, overrides: Optional[dict[str, Any]] = None,
+             dask_address: Optional[str] = None) -> dict:
     """The DVC pipeline. stages: dvc.yaml stage names (empty = all); data_root: data.root;
     drs_mode/drs_delta: classifier.drs.*; epochs: classifier.epochs; overrides: any other
-    params.yaml keys, dotted (e.g. {"maps.flip": false}). Unset fields keep params.yaml."""
-    return run_pipeline(stages, data_root, drs_mode, drs_delta, epochs, overrides)
+    params.yaml keys, dotted (e.g. {"maps.flip": false}); dask_address: run the per-image stages
+    on this Dask scheduler (tcp://host:8786), or `local` for a LocalCluster here (scaleout.*).
+    Unset fields keep params.yaml."""
+    return run_pipeline(stages, data_root, drs_mode, drs_delta, epochs, overrides, dask_address)
 
 
 def _stage_flow(stage: str):
     def one_stage(data_root: Optional[str] = None, drs_mode: Optional[DrsMode] = None,
                   drs_delta: Optional[float] = None, epochs: Optional[int] = None,
-                  overrides: Optional[dict[str, Any]] = None) -> dict:
-        return run_pipeline([stage], data_root, drs_mode, drs_delta, epochs, overrides)
+                  overrides: Optional[dict[str, Any]] = None, dask_address: Optional[str] = None) -> dict:
+        return run_pipeline([stage], data_root, drs_mode, drs_delta, epochs, overrides, dask_address)
 
     one_stage.__doc__ = (f"`dvc repro {stage}` (and whatever upstream is stale). Unset fields keep "
-                         "params.yaml; overrides: other dotted params.yaml keys.")
+                         "params.yaml; overrides: other dotted params.yaml keys; dask_address: a Dask "
+                         "scheduler (tcp://host:8786) or `local` for the per-image stages.")
     one_stage.__name__ = one_stage.__qualname__ = f"stage_{stage}"
     return flow(name=f"stage-{stage}", log_prints=True)(one_stage)
 

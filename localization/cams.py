@@ -1,14 +1,17 @@
 """Localization maps from a CAM-style network (the classifier, or the refiner that learned its maps).
 
 Core: `multiscale_maps` (model, image, tags in; k x H x W maps in [0, 1] out), batched over the
-flips of each scale. `export` streams them into packed shards, scores them against masks where
-there are masks and writes a few overlays; the raw and the refined map stages both call it. With
+flips of each scale. `export` writes them into packed shards, one chunk per shard
+(`export_chunk`, here or on Dask workers: scaleout/), scores them against masks where there are
+masks (the chunks' threshold-sweep counts, summed) and writes a few overlays; the raw and the
+refined map stages both call it. With
 method "prm" (the raw maps' maps.method) the maps are peak response maps instead, and the
 instances found with them are stored too (localization/prm.py).
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +23,14 @@ from dataset import voc
 from localization.prm import PrmExport
 from scoring.metrics import per_class_csv
 from scoring.sweep import ThresholdSweep, thresholds
-from stores.atomic import atomic_path
-from stores.mapstore import write as write_maps
+from scaleout.engine import EngineError, open_engine, progress
+from stores import mapstore
+from stores.atomic import atomic_file, atomic_path, remove_partials
 from tracking import panels
 from tracking.outputs import write_stage_outputs
+from training.checkpoints import CheckpointRef
 from training.inference import sum_over_views
-from training.runtime import autocast, resolve_precision
+from training.runtime import autocast, resolve_device, resolve_precision, wants_gpu
 
 
 @torch.no_grad()
@@ -47,51 +52,93 @@ def multiscale_maps(model, image: np.ndarray, tags: list[int], scales: list[floa
     return total.cpu().numpy()
 
 
-def export(model, classes: list[str], params: dict, device, store: Path, name: str, method: str = "cam") -> dict:
+@dataclass
+class ExportChunk:
+    """Map store shard `index`: the maps of `rows`, images `first`.. of the split."""
+    index: int
+    first: int
+    rows: list[dict]              # manifest rows: id, tags, has_mask
+    root: str
+    classes: list[str]
+    cfg: dict                     # maps
+    network: CheckpointRef
+    prm: PrmExport | None         # method prm (engine local only: it gathers instances in this process)
+    store_dir: str                # the store's temporary folder
+    reports_dir: str              # overlays of the first cfg["n_overlays"] images
+
+
+def export_chunk(task: ExportChunk, imap=None) -> dict:
+    """Maps of one chunk into its shard, its overlays; returns its counts and threshold-sweep confusions."""
+    model, _, device = task.network.get()
+    cfg, n = task.cfg, len(task.classes)
+    sweep = ThresholdSweep(thresholds(cfg["threshold_start"], cfg["threshold_stop"], cfg["threshold_step"]), n)
+    evaluated, stored, reports = 0, [], Path(task.reports_dir)
+    for k, row in enumerate(progress(task.rows, len(task.rows), f"maps, shard {task.index}")):
+        image = voc.load_image(task.root, row["id"])
+        mask = voc.load_mask(task.root, row["id"], n) if row["has_mask"] else None
+        if task.prm:
+            maps, found = task.prm.maps(row["id"], image, row["tags"], mask)
+        else:
+            with autocast(device, cfg["precision"]):
+                maps = multiscale_maps(model, image, row["tags"], cfg["scales"], cfg["flip"], device)
+        if mask is not None:
+            sweep.add(maps, row["tags"], mask)
+            evaluated += 1
+        if task.first + k < cfg["n_overlays"]:
+            with atomic_file(reports / f"{row['id']}.png") as tmp:
+                panels.maps_panel(image, maps, row["tags"], mask, task.classes).save(tmp, format="PNG")
+            if task.prm:
+                with atomic_file(reports / f"{row['id']}_instances.png") as tmp:
+                    panels.instances_panel(image, found, mask, task.classes).save(tmp, format="PNG")
+        stored.append(mapstore.encode(row["id"], row["tags"], maps))
+    return {"count": mapstore.write_part(stored, task.store_dir, task.index), "evaluated": evaluated,
+            "sweep": sweep.conf}
+
+
+def export(network: CheckpointRef, params: dict, store: Path, name: str, method: str = "cam") -> dict:
     """Maps for the training split into `store`; metrics/<name>.json, plots/<name>_sweep.csv, reports/<name>/.
+    One chunk per store shard, on the engine params.yaml's `scaleout` names (scaleout/engine.py).
     method prm: peak response maps, plus `store`/instances.parquet and instance overlays and a
-    contact sheet in reports/<name>/."""
-    cfg = params["maps"]
+    contact sheet in reports/<name>/ (engine local only)."""
+    cfg, scaleout = params["maps"], params["scaleout"]
+    if method == "prm" and scaleout["engine"] == "dask":
+        raise EngineError("maps.method prm runs on scaleout.engine local only (its instances and contact sheet "
+                          "are gathered in one process): set scaleout.engine=local for this stage")
     manifest, manifest_classes, root = voc.read_manifest(paths.MANIFEST)
+    if scaleout["engine"] == "local":   # dask: only the workers load the network
+        network.get()
+    classes = network.config()["classes"]
     if manifest_classes != classes:
         raise ValueError(f"{name}: the model was trained on other classes than the manifest lists; rerun training")
     rows = voc.split_rows(manifest, params["data"]["train_split"])
     sweep = ThresholdSweep(thresholds(cfg["threshold_start"], cfg["threshold_stop"], cfg["threshold_step"]), len(classes))
-    report_dir = paths.REPORTS / name
-    evaluated, start = 0, time.perf_counter()
-    prm = PrmExport(model, classes, cfg, device) if method == "prm" else None
+    n, evaluated, start = 0, 0, time.perf_counter()
+    prm = PrmExport(network.get()[0], classes, cfg, network.get()[2]) if method == "prm" else None
     prm_metrics: dict = {}
-
-    def records():
-        nonlocal evaluated
-        with atomic_path(report_dir) as tmp_reports:
-            tmp_reports.mkdir()
-            for i, row in enumerate(tqdm(rows, desc=f"export {name}", unit="img", dynamic_ncols=True)):
-                image = voc.load_image(root, row["id"])
-                mask = voc.load_mask(root, row["id"], len(classes)) if row["has_mask"] else None
-                if prm:
-                    maps, found = prm.maps(row["id"], image, row["tags"], mask)
-                else:
-                    with autocast(device, cfg["precision"]):
-                        maps = multiscale_maps(model, image, row["tags"], cfg["scales"], cfg["flip"], device)
-                if mask is not None:
-                    sweep.add(maps, row["tags"], mask)
-                    evaluated += 1
-                if i < cfg["n_overlays"]:
-                    panels.maps_panel(image, maps, row["tags"], mask, classes).save(tmp_reports / f"{row['id']}.png")
-                    if prm:
-                        panels.instances_panel(image, found, mask, classes).save(tmp_reports / f"{row['id']}_instances.png")
-                yield row["id"], row["tags"], maps
-            if prm:
-                prm_metrics.update(prm.write_reports(tmp_reports))
-
-    n = write_maps(records(), store, cfg["shard_size"])
+    gpu = wants_gpu(network.device)
+    with open_engine(scaleout, gpu=gpu) as engine, atomic_path(paths.REPORTS / name) as tmp_reports, \
+            atomic_path(store) as tmp_store:
+        tmp_reports.mkdir()
+        tmp_store.mkdir()
+        tasks = [ExportChunk(k, first, chunk, str(Path(root).resolve()), classes, cfg, network, prm,
+                             str(tmp_store.resolve()), str(tmp_reports.resolve()))
+                 for k, (first, chunk) in enumerate(engine.split(rows, cfg["shard_size"]))]
+        for part in engine.run(export_chunk, tasks, f"export {name}", gpu=gpu):
+            n += part["count"]
+            evaluated += part["evaluated"]
+            sweep.conf += part["sweep"]
+        if prm:
+            prm_metrics.update(prm.write_reports(tmp_reports))
+        remove_partials(tmp_store)   # what a killed worker left under a temporary name
+        remove_partials(tmp_reports)
+        engine_name = engine.name
     if prm:
         prm_metrics.update(prm.write_store(store))
     seconds = time.perf_counter() - start
+    device = network.held[2] if network.held else resolve_device(network.device)
     metrics = {"n_images": n, "n_evaluated": evaluated, "seconds": round(seconds, 1),
                "seconds_per_image": round(seconds / max(n, 1), 3), "method": method,
-               "scales": cfg["scales"], "flip": cfg["flip"],
+               "scales": cfg["scales"], "flip": cfg["flip"], "engine": engine_name,
                "precision": "fp32" if prm else resolve_precision(device, cfg["precision"]), **prm_metrics}
     sweep_csv, per_class = "threshold,miou\n", {}
     if evaluated:  # without masks there is nothing to score; the plots stay empty

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -66,6 +67,37 @@ def atomic_path(path: str | Path):
     finally:
         shutil.rmtree(tmp.parent, ignore_errors=True)
         os.close(lock)
+
+
+# Files a chunk of a scaled-out stage (scaleout/) writes into a stage's temporary output folder:
+# each under a temporary name, then renamed, so a worker killed mid-chunk leaves no half-written
+# file under the real name and a retried chunk overwrites its own files cleanly. What a killed
+# writer left under a temporary name is removed (remove_partials) before the folder is renamed.
+PARTIAL = ".partial-"   # in the temporary name: `.NAME.partial-<pid>-<random>`
+before_rename = None   # tests (scaleout/engine.py): called with the temporary path once it is written
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path):
+    """Yield a temporary sibling of `path`; rename it onto `path` if the block succeeds."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{PARTIAL}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        if before_rename is not None:
+            before_rename(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_partials(folder: str | Path) -> int:
+    """Remove what killed writers left under temporary names in `folder` (recursively); returns the count."""
+    gone = 0
+    for leftover in Path(folder).rglob(f".*{PARTIAL}*"):
+        leftover.unlink(missing_ok=True)
+        gone += 1
+    return gone
 
 
 def write_json(obj, path: str | Path) -> None:

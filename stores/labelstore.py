@@ -14,10 +14,18 @@ from stores import shards
 SCHEMA = pa.schema([("id", pa.string()), ("height", pa.int32()), ("width", pa.int32()), ("labels", pa.binary())])
 
 
-def write(records: Iterable[tuple[str, np.ndarray]], out_dir: str | Path, shard_size: int) -> int:
-    rows = ({"id": i, "height": lab.shape[0], "width": lab.shape[1], "labels": lab.astype(np.uint8).tobytes()}
+def _rows(records: Iterable[tuple[str, np.ndarray]]) -> Iterator[dict]:
+    return ({"id": i, "height": lab.shape[0], "width": lab.shape[1], "labels": lab.astype(np.uint8).tobytes()}
             for i, lab in records)
-    return shards.write(rows, SCHEMA, out_dir, shard_size)
+
+
+def write(records: Iterable[tuple[str, np.ndarray]], out_dir: str | Path, shard_size: int) -> int:
+    return shards.write(_rows(records), SCHEMA, out_dir, shard_size)
+
+
+def write_part(records: Iterable[tuple[str, np.ndarray]], out_dir: str | Path, index: int) -> int:
+    """Shard `index` into an existing folder (a chunk of scaleout/)."""
+    return shards.write_part(_rows(records), SCHEMA, out_dir, index)
 
 
 def read(in_dir: str | Path) -> Iterator[tuple[str, np.ndarray]]:

@@ -7,15 +7,34 @@ written and read one row group at a time: what a stage holds of a store is ROW_G
 """
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from stores.atomic import atomic_path
+from stores.atomic import atomic_file, atomic_path
+
 
 ROW_GROUP = 16   # records per Parquet row group: the unit written and read
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def write_part(rows: Iterable[dict], schema: pa.Schema, out_dir: str | Path, index: int) -> int:
+    """Shard `index` of a store being written chunk by chunk (scaleout/) into an existing
+    (temporary) folder: the same bytes `write` gives that shard, under a temporary name until
+    complete. Returns the row count."""
+    rows, count = iter(rows), 0
+    with atomic_file(Path(out_dir) / shard_name(index)) as tmp:
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:   # row groups as `write` makes them
+            while group := list(itertools.islice(rows, ROW_GROUP)):
+                writer.write_table(pa.Table.from_pylist(group, schema=schema))
+                count += len(group)
+    return count
 
 
 def write(rows: Iterable[dict], schema: pa.Schema, out_dir: str | Path, shard_size: int) -> int:
@@ -29,7 +48,7 @@ def write(rows: Iterable[dict], schema: pa.Schema, out_dir: str | Path, shard_si
                 count, in_shard = count + 1, in_shard + 1
                 if len(group) >= ROW_GROUP or in_shard >= shard_size:
                     if writer is None:
-                        writer = pq.ParquetWriter(tmp / f"part-{shard:05d}.parquet", schema, compression="zstd")
+                        writer = pq.ParquetWriter(tmp / shard_name(shard), schema, compression="zstd")
                     writer.write_table(pa.Table.from_pylist(group, schema=schema))
                     group = []
                 if in_shard >= shard_size:
@@ -37,7 +56,7 @@ def write(rows: Iterable[dict], schema: pa.Schema, out_dir: str | Path, shard_si
                     writer, shard, in_shard = None, shard + 1, 0
             if group:
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp / f"part-{shard:05d}.parquet", schema, compression="zstd")
+                    writer = pq.ParquetWriter(tmp / shard_name(shard), schema, compression="zstd")
                 writer.write_table(pa.Table.from_pylist(group, schema=schema))
         finally:
             if writer is not None:
@@ -47,10 +66,32 @@ def write(rows: Iterable[dict], schema: pa.Schema, out_dir: str | Path, shard_si
 
 def read(in_dir: str | Path) -> Iterator[dict]:
     """The rows of every shard in order, one row group at a time."""
-    shards = sorted(Path(in_dir).glob("part-*.parquet"))
-    if not shards:
-        raise FileNotFoundError(f"{in_dir}: no shards (run the stage that writes them first)")
-    for shard in shards:
+    for shard in _shards(in_dir):
         with pq.ParquetFile(shard) as parquet:
             for group in range(parquet.num_row_groups):
                 yield from parquet.read_row_group(group).to_pylist()
+
+
+def _shards(in_dir: str | Path) -> list[Path]:
+    shards = sorted(Path(in_dir).glob("part-*.parquet"))
+    if not shards:
+        raise FileNotFoundError(f"{in_dir}: no shards (run the stage that writes them first)")
+    return shards
+
+
+def index(in_dir: str | Path) -> list[tuple[str, list[str]]]:
+    """(absolute shard path, its ids in stored order) per shard: what a chunk needs to find its rows."""
+    return [(str(s.resolve()), pq.read_table(s, columns=["id"]).column("id").to_pylist()) for s in _shards(in_dir)]
+
+
+def read_ids(sources: list[str], ids: list[str]) -> Iterator[dict]:
+    """The rows of `ids`, in that order, from the shard files `sources` (paths from `index`)."""
+    wanted, found = set(ids), {}
+    for source in sources:
+        for row in pq.read_table(source).to_pylist():
+            if row["id"] in wanted:
+                found[row["id"]] = row
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise FileNotFoundError(f"{sources}: no rows for ids {missing[:5]}")
+    return (found[i] for i in ids)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from config import paths
 from localization.cams import export
-from training import checkpoints
-from training.runtime import resolve_device
+from training.checkpoints import CheckpointRef
 
 
 def main(params: dict) -> dict:
-    device = resolve_device(params["classifier"]["device"])
-    model, config = checkpoints.load(paths.CLASSIFIER, device)
-    return export(model, config["classes"], params, device, paths.MAPS, "maps", params["maps"]["method"])
+    # the path, not a loaded network: engine dask loads it on each worker (an absolute path: theirs too)
+    network = CheckpointRef(str(paths.CLASSIFIER.resolve()), params["classifier"]["device"])
+    return export(network, params, paths.MAPS, "maps", params["maps"]["method"])

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from config import paths
 from localization.cams import export
-from training import checkpoints
-from training.runtime import resolve_device
+from training.checkpoints import CheckpointRef
 
 
 def main(params: dict) -> dict:
-    device = resolve_device(params["refiner"]["device"])
-    model, config = checkpoints.load(paths.REFINER, device)
-    return export(model, config["classes"], params, device, paths.REFINED_MAPS, "refined_maps")
+    # the path, not a loaded network: engine dask loads it on each worker (an absolute path: theirs too)
+    network = CheckpointRef(str(paths.REFINER.resolve()), params["refiner"]["device"])
+    return export(network, params, paths.REFINED_MAPS, "refined_maps")

@@ -20,6 +20,12 @@ def resolve_device(name: str) -> torch.device:
     return local_device(torch.device(name))
 
 
+def wants_gpu(name: str) -> bool:
+    """Whether a device setting runs on CUDA here, without failing where there is none: a
+    scaled-out stage then asks its Dask scheduler for GPU workers (scaleout/engine.py)."""
+    return name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+
+
 def place(x, device: torch.device):
     """A model or tensor on `device`; models and image batches (4-D) go channels-last, which makes
     the depthwise and dilated convolutions of the CPU path 1.1-1.4x faster (benchmarks/step_speed.py)."""

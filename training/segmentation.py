@@ -5,18 +5,15 @@ labels come from, so both call `train` and `evaluate` with their own label sourc
 """
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 import time
 from collections import deque
-from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from config import paths
 from dataset import images, voc
@@ -25,11 +22,13 @@ from labelling.crf import crf_labels
 from models.networks import to_config
 from models.registry import LOSSES
 from models.segmenter import build_segmenter
+from scaleout.engine import LOCAL, EngineError, open_engine, progress
 from scoring.metrics import IGNORE, confusion, per_class_csv, summary
 from stores.atomic import atomic_path
 from tracking import charts, panels
 from tracking.outputs import write_stage_outputs
 from training import checkpoints, distributed, trainer
+from training.checkpoints import CheckpointRef
 from training.inference import sum_over_views
 from training.runtime import autocast, resolve_device, resolve_precision, seed_everything, training_loader
 
@@ -124,44 +123,76 @@ def predict_probs(model, image: np.ndarray, device, flip: bool, scales=(1.0,), p
     return torch.softmax(mean, 0).cpu().numpy()
 
 
+@dataclass
+class EvalChunk:
+    """Val images `first`.. of the scored rows: predictions (and their CRF) of `rows`, scored."""
+    first: int
+    rows: list[dict]
+    root: str
+    n_classes: int
+    cfg: dict                     # segmenter
+    network: CheckpointRef
+    samples: int                  # panels of the first `samples` images overall
+    crf: bool
+
+
+def evaluate_chunk(task: EvalChunk, imap) -> dict:
+    """Confusions without and with CRF of one chunk, and its share of the samples. The network
+    runs here, lazily, while the engine's `imap` runs the CRFs (a pool here; inline on a worker)."""
+    model, _, device = task.network.get()
+    cfg, n = task.cfg, task.n_classes
+    plain = np.zeros((n, n), np.int64)
+    refined = np.zeros_like(plain) if task.crf else None
+    side, samples = deque(), []
+
+    def predicted():
+        for row in task.rows:
+            image = voc.load_image(task.root, row["id"])
+            probs = predict_probs(model, image, device, cfg["val_flip"], cfg["val_scales"], cfg["precision"])
+            side.append((row["id"], image, voc.load_mask(task.root, row["id"], n), probs.argmax(0).astype(np.uint8)))
+            yield image, probs, cfg["crf"]
+
+    crfs = imap(crf_labels, predicted()) if task.crf else (None for _ in predicted())
+    for k, pred_crf in enumerate(progress(crfs, len(task.rows), "evaluate val")):
+        image_id, image, mask, pred = side.popleft()
+        plain += confusion(mask, pred, n)
+        predictions = [("prediction", pred)]
+        if pred_crf is not None:
+            refined += confusion(mask, pred_crf, n)
+            predictions.append(("prediction + CRF", pred_crf))
+        if task.first + k < task.samples:
+            samples.append((image_id, image, predictions, mask))
+    return {"plain": plain, "refined": refined, "samples": samples}
+
+
 def evaluate(model, root, rows: list[dict], n_classes: int, cfg: dict, device, samples: int = 0, workers: int = 0,
-             crf: bool = True):
+             crf: bool = True, scaleout: dict | None = None):
     """(confusion without CRF, confusion with CRF or None, samples) over rows that have masks; a
     sample is (id, image, [(title, predicted labels)], mask), for tracking.panels.labels_panel.
 
-    The network runs here; the CRF of each image (single-threaded, and on CPU most of the time)
-    runs in a pool of `workers` processes (0: all cores), at most two images per worker in flight
-    so memory stays flat. crf=False skips it (about half the evaluation time on 2 cores).
+    model: a network, or a CheckpointRef (needed for scaleout engine dask: the workers load it).
+    Engine local (default): the network runs here; the CRF of each image (single-threaded, and on
+    CPU most of the time) runs in a pool of `workers` processes (0: all cores), at most two images
+    per worker in flight so memory stays flat. crf=False skips it (about half the evaluation time
+    on 2 cores). Engine dask: chunks of scaleout.chunk_size images, one per worker at a time.
     """
+    scaleout = scaleout or LOCAL
+    network = model if isinstance(model, CheckpointRef) else CheckpointRef("", str(device), (model, None, device))
+    if scaleout["engine"] == "dask" and not network.path:
+        raise EngineError("evaluate: scaleout engine dask needs the network as a checkpoint (CheckpointRef)")
     plain = np.zeros((n_classes, n_classes), np.int64)
     refined = np.zeros_like(plain) if crf else None
-    samples_out, pending = [], deque()
-    n_workers = workers or os.cpu_count() or 1
-    in_flight = 2 * n_workers if crf else 0  # without CRF jobs an image is finished at once
-
-    def finish(item) -> None:
-        image_id, image, mask, pred, job = item
-        plain[...] += confusion(mask, pred, n_classes)
-        predictions = [("prediction", pred)]
-        if job is not None:
-            pred_crf = job.get()
-            refined[...] += confusion(mask, pred_crf, n_classes)
-            predictions.append(("prediction + CRF", pred_crf))
-        if len(samples_out) < samples:
-            samples_out.append((image_id, image, predictions, mask))
-
-    # spawn, not fork: this process already runs torch (OpenMP), which forked children can deadlock on
-    with mp.get_context("spawn").Pool(n_workers) if crf else nullcontext() as pool:
-        for row in tqdm([r for r in rows if r["has_mask"]], desc="evaluate val", unit="img", dynamic_ncols=True):
-            image = voc.load_image(root, row["id"])
-            mask = voc.load_mask(root, row["id"], n_classes)
-            probs = predict_probs(model, image, device, cfg["val_flip"], cfg["val_scales"], cfg["precision"])
-            job = pool.apply_async(crf_labels, ((image, probs, cfg["crf"]),)) if crf else None
-            pending.append((row["id"], image, mask, probs.argmax(0).astype(np.uint8), job))
-            if len(pending) > in_flight:
-                finish(pending.popleft())
-        while pending:
-            finish(pending.popleft())
+    samples_out = []
+    rows = [r for r in rows if r["has_mask"]]
+    gpu = torch.device(device).type == "cuda"
+    with open_engine(scaleout, workers=workers, gpu=gpu) as engine:
+        tasks = [EvalChunk(first, chunk, str(Path(root).resolve()), n_classes, cfg, network, samples, crf)
+                 for first, chunk in engine.split(rows)]
+        for part in engine.run(evaluate_chunk, tasks, "evaluate val", gpu=gpu):
+            plain += part["plain"]
+            if crf:
+                refined += part["refined"]
+            samples_out += part["samples"]
     return plain, refined, samples_out
 
 
@@ -188,7 +219,10 @@ def train_and_score(params: dict, labels_for: Callable[[str], np.ndarray], name:
 
     val_rows = voc.split_rows(manifest, params["data"]["val_split"])
     start = time.perf_counter()
-    plain, with_crf, samples = evaluate(model, root, val_rows, len(classes), cfg, device, samples=4, crf=crf)
+    # the saved checkpoint: engine dask loads it on the workers; here the trained network is used as it is
+    network = CheckpointRef(str(Path(checkpoint).resolve()), cfg["device"], (model, None, device))
+    plain, with_crf, samples = evaluate(network, root, val_rows, len(classes), cfg, device, samples=4, crf=crf,
+                                        scaleout=params["scaleout"])
     metrics = {"train_seconds": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - start, 1),
                "epochs": cfg["epochs"], "init": cfg["init"], "n_train": len(train_ids),
                "precision": resolve_precision(device, cfg["precision"]),
