@@ -1,8 +1,6 @@
 """Label maps per image (uint8, 255 = ignore), packed in Parquet shards."""
 from __future__ import annotations
 
-import zlib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -10,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from stores import shards
+from stores.packed import Packed
 
 SCHEMA = pa.schema([("id", pa.string()), ("height", pa.int32()), ("width", pa.int32()), ("labels", pa.binary())])
 
@@ -33,29 +32,14 @@ def read(in_dir: str | Path) -> Iterator[tuple[str, np.ndarray]]:
         yield row["id"], np.frombuffer(row["labels"], np.uint8).reshape(row["height"], row["width"]).copy()
 
 
-class PackedLabels(Mapping):
-    """{id: label map}, each map held zlib-compressed and decoded when read (a fresh writable
-    array). A label map compresses tens of times, so a training stage can hold every image's labels:
-    raw, train_aug's 10,582 at 500x375 would take 2.0 GB (benchmarks/results/scaling_projection.json)."""
+class PackedLabels(Packed):
+    """{id: label map}, each held compressed (stores/packed.py): a training stage holds every image's labels."""
 
     def __init__(self, records: Iterable[tuple[str, np.ndarray]]):
-        self._packed = {image_id: (labels.shape, zlib.compress(np.ascontiguousarray(labels, np.uint8).tobytes(), 1))
-                        for image_id, labels in records}
+        super().__init__((image_id, None, labels) for image_id, labels in records)
 
     def __getitem__(self, image_id: str) -> np.ndarray:
-        shape, data = self._packed[image_id]
-        return np.frombuffer(zlib.decompress(data), np.uint8).reshape(shape).copy()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._packed)
-
-    def __len__(self) -> int:
-        return len(self._packed)
-
-    @property
-    def nbytes(self) -> int:
-        """The compressed bytes held."""
-        return sum(len(data) for _, data in self._packed.values())
+        return super().__getitem__(image_id)[1]
 
 
 def read_dict(in_dir: str | Path) -> PackedLabels:

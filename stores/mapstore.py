@@ -4,8 +4,6 @@ Row: id, height, width, classes (list of class indices), maps (k*H*W bytes, valu
 """
 from __future__ import annotations
 
-import zlib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -13,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from stores import shards
+from stores.packed import Packed
 
 SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -68,29 +67,16 @@ def read_ids(sources: list[str], ids: list[str], as_uint8: bool = False) -> Iter
         yield _decode(row, as_uint8)
 
 
-class PackedMaps(Mapping):
-    """{id: (classes, uint8 maps k x H x W)}, each image's maps held zlib-compressed and decoded
-    (a fresh writable array) when read: a training stage can hold every image's maps (raw,
-    train_aug's 10,582 at 500x375 take 2.0 GB per class plane)."""
+class PackedMaps(Packed):
+    """{id: (classes, uint8 maps k x H x W)}, each held compressed (stores/packed.py): a training
+    stage holds every image's maps (raw, train_aug's 10,582 at 500x375 take 2.0 GB per class plane)."""
 
     def __init__(self, records: Iterable[tuple[str, list[int], np.ndarray]]):
-        self._packed = {image_id: (list(classes), maps.shape, zlib.compress(np.ascontiguousarray(maps, np.uint8).tobytes(), 1))
-                        for image_id, classes, maps in records}
+        super().__init__((image_id, list(classes), maps) for image_id, classes, maps in records)
 
     def __getitem__(self, image_id: str) -> tuple[list[int], np.ndarray]:
-        classes, shape, data = self._packed[image_id]
-        return list(classes), np.frombuffer(zlib.decompress(data), np.uint8).reshape(shape).copy()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._packed)
-
-    def __len__(self) -> int:
-        return len(self._packed)
-
-    @property
-    def nbytes(self) -> int:
-        """The compressed bytes held."""
-        return sum(len(data) for _, _, data in self._packed.values())
+        classes, maps = super().__getitem__(image_id)
+        return list(classes), maps
 
 
 def read_dict(in_dir: str | Path) -> PackedMaps:

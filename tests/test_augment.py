@@ -1,10 +1,10 @@
 """The shared training augmentation: image and dense targets stay aligned; loader workers differ."""
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from dataset import images
 from training.runtime import training_loader
+from tests.toys import Noise
 
 
 def test_flip_and_crop_moves_image_and_targets_together():
@@ -25,19 +25,9 @@ def test_flip_and_crop_moves_image_and_targets_together():
     assert seen_flip
 
 
-class _Noise(Dataset):
-    def __init__(self):
-        self.rng = np.random.default_rng(0)
-
-    def __len__(self):
-        return 8
-
-    def __getitem__(self, i):
-        return torch.tensor(self.rng.random())
-
 
 def test_loader_workers_draw_different_augmentations():
     cfg = {"batch_size": 1, "num_workers": 2, "seed": 0}
-    values = [float(v) for v in training_loader(_Noise(), cfg)]
+    values = [float(v) for v in training_loader(Noise(), cfg)]
     # Without per-worker reseeding both workers replay one stream: every value appears twice.
     assert len(set(values)) == len(values)

@@ -16,17 +16,13 @@ from training.runtime import training_loader
 from training.trainer import fit
 from stores.atomic import write_text
 from tracking.outputs import write_stage_outputs
+from tests.toys import Backbone, Noise
 
 N, BATCH, EPOCHS = 24, 4, 2
 CFG = {"freeze_blocks": 0, "freeze_bn": True, "epochs": EPOCHS, "optimizer": "sgd", "lr_schedule": "poly",
        "lr_step_epochs": [1], "lr": 0.05, "new_layer_lr_mult": 1.0, "weight_decay": 0.0, "momentum": 0.9,
        "precision": "fp32", "batch_size": BATCH, "num_workers": 0, "seed": 0, "device": "cpu"}
 LOSS_RTOL = 1e-5   # float32 sums in another order (gradients all-reduced): far below any real change
-
-
-class Backbone(torch.nn.Sequential):
-    def frozen_prefix(self, n):
-        return list(self)[:n]
 
 
 class Toy(torch.nn.Module):
@@ -167,23 +163,13 @@ def test_distributed_batch_must_split_over_the_ranks(monkeypatch):
         training_loader(Indexed(), CFG)
 
 
-class _Noise(Dataset):
-    def __init__(self):
-        self.rng = np.random.default_rng(0)
-
-    def __len__(self):
-        return 8
-
-    def __getitem__(self, i):
-        return torch.tensor(self.rng.random())
-
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_ddp_ranks_and_workers_draw_their_own_augmentation(monkeypatch, workers):
     values = []
     for rank in range(2):
         _as_rank(monkeypatch, rank, 2)
-        values += [float(v) for v in training_loader(_Noise(), {**CFG, "batch_size": 2, "num_workers": workers})]
+        values += [float(v) for v in training_loader(Noise(), {**CFG, "batch_size": 2, "num_workers": workers})]
     assert len(values) == 8 and len(set(values)) == len(values)   # no rank or worker replays another's stream
 
 

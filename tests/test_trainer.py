@@ -6,15 +6,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from training.trainer import NonFiniteLoss, WeightAverage, fit
+from tests.toys import Backbone
 
 CFG = {"freeze_blocks": 0, "freeze_bn": True, "epochs": 2, "optimizer": "sgd", "lr_schedule": "poly",
        "lr_step_epochs": [1], "lr": 0.1, "new_layer_lr_mult": 1.0, "weight_decay": 0.0, "momentum": 0.0,
        "precision": "fp32"}
-
-
-class Backbone(torch.nn.Sequential):
-    def frozen_prefix(self, n):
-        return list(self)[:n]
 
 
 class Toy(torch.nn.Module):
