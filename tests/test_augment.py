@@ -1,6 +1,5 @@
 """The shared training augmentation: image and dense targets stay aligned; loader workers differ."""
 import numpy as np
-import torch
 
 from dataset import images
 from training.runtime import training_loader
