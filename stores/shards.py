@@ -39,28 +39,14 @@ def write_part(rows: Iterable[dict], schema: pa.Schema, out_dir: str | Path, ind
 
 def write(rows: Iterable[dict], schema: pa.Schema, out_dir: str | Path, shard_size: int) -> int:
     """Write dict rows (keys = schema names) in shards of `shard_size`; returns the row count."""
-    count, shard, in_shard, group, writer = 0, 0, 0, [], None
+    rows, count, end = iter(rows), 0, object()
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        try:
-            for row in rows:
-                group.append(row)
-                count, in_shard = count + 1, in_shard + 1
-                if len(group) >= ROW_GROUP or in_shard >= shard_size:
-                    if writer is None:
-                        writer = pq.ParquetWriter(tmp / shard_name(shard), schema, compression="zstd")
-                    writer.write_table(pa.Table.from_pylist(group, schema=schema))
-                    group = []
-                if in_shard >= shard_size:
-                    writer.close()
-                    writer, shard, in_shard = None, shard + 1, 0
-            if group:
-                if writer is None:
-                    writer = pq.ParquetWriter(tmp / shard_name(shard), schema, compression="zstd")
-                writer.write_table(pa.Table.from_pylist(group, schema=schema))
-        finally:
-            if writer is not None:
-                writer.close()
+        for shard in itertools.count():   # each shard as write_part writes it: one row group at a time
+            first = next(rows, end)
+            if first is end:
+                break
+            count += write_part(itertools.chain([first], itertools.islice(rows, shard_size - 1)), schema, tmp, shard)
     return count
 
 
