@@ -43,23 +43,27 @@ class LabelChunk:
 def label_chunk(task: LabelChunk, imap) -> dict:
     """Label, store and score one chunk; returns its partial statistics (summed by label_all)."""
     n, cfg = len(task.classes), task.cfg
-    conf, ignored, total, sp_seconds, records = np.zeros((n, n), np.int64), 0, 0, [], []
+    conf, ignored, total, sp_seconds = np.zeros((n, n), np.int64), 0, 0, []
     jobs = ((task.root, i, c, m, cfg, task.has_mask[i], n)
             for i, c, m in mapstore.read_ids(task.sources, task.ids, as_uint8=True))
-    for k, (image_id, labels, c, sp_s) in enumerate(progress(imap(label_image, jobs), len(task.ids),
-                                                               f"labels, shard {task.index} (CRF)")):
-        ignored += int((labels == IGNORE).sum())
-        total += labels.size
-        if c is not None:
-            conf += c
-        if sp_s is not None:
-            sp_seconds.append(sp_s)
-        if task.first + k < cfg["n_samples"]:
-            image, mask = voc.load_image(task.root, image_id), voc.load_mask(task.root, image_id, n)
-            with atomic_file(Path(task.samples_dir) / f"{image_id}.png") as tmp:
-                panels.labels_panel(image, [("pseudo label", labels)], mask, task.classes).save(tmp, format="PNG")
-        records.append((image_id, labels))
-    count = labelstore.write_part(records, task.out_dir, task.index)
+
+    def labelled():   # streamed into the shard a row group at a time, not held for the whole chunk
+        nonlocal conf, ignored, total
+        for k, (image_id, labels, c, sp_s) in enumerate(progress(imap(label_image, jobs), len(task.ids),
+                                                                   f"labels, shard {task.index} (CRF)")):
+            ignored += int((labels == IGNORE).sum())
+            total += labels.size
+            if c is not None:
+                conf += c
+            if sp_s is not None:
+                sp_seconds.append(sp_s)
+            if task.first + k < cfg["n_samples"]:
+                image, mask = voc.load_image(task.root, image_id), voc.load_mask(task.root, image_id, n)
+                with atomic_file(Path(task.samples_dir) / f"{image_id}.png") as tmp:
+                    panels.labels_panel(image, [("pseudo label", labels)], mask, task.classes).save(tmp, format="PNG")
+            yield image_id, labels
+
+    count = labelstore.write_part(labelled(), task.out_dir, task.index)
     return {"count": count, "confusion": conf, "ignored": ignored, "total": total, "superpixel_seconds": sp_seconds}
 
 

@@ -72,27 +72,31 @@ def export_chunk(task: ExportChunk, imap=None) -> dict:
     model, _, device = task.network.get()
     cfg, n = task.cfg, len(task.classes)
     sweep = ThresholdSweep(thresholds(cfg["threshold_start"], cfg["threshold_stop"], cfg["threshold_step"]), n)
-    evaluated, stored, reports = 0, [], Path(task.reports_dir)
-    for k, row in enumerate(progress(task.rows, len(task.rows), f"maps, shard {task.index}")):
-        image = voc.load_image(task.root, row["id"])
-        mask = voc.load_mask(task.root, row["id"], n) if row["has_mask"] else None
-        if task.prm:
-            maps, found = task.prm.maps(row["id"], image, row["tags"], mask)
-        else:
-            with autocast(device, cfg["precision"]):
-                maps = multiscale_maps(model, image, row["tags"], cfg["scales"], cfg["flip"], device)
-        if mask is not None:
-            sweep.add(maps, row["tags"], mask)
-            evaluated += 1
-        if task.first + k < cfg["n_overlays"]:
-            with atomic_file(reports / f"{row['id']}.png") as tmp:
-                panels.maps_panel(image, maps, row["tags"], mask, task.classes).save(tmp, format="PNG")
+    evaluated, reports = 0, Path(task.reports_dir)
+
+    def encoded():   # streamed into the shard a row group at a time, not held for the whole chunk
+        nonlocal evaluated
+        for k, row in enumerate(progress(task.rows, len(task.rows), f"maps, shard {task.index}")):
+            image = voc.load_image(task.root, row["id"])
+            mask = voc.load_mask(task.root, row["id"], n) if row["has_mask"] else None
             if task.prm:
-                with atomic_file(reports / f"{row['id']}_instances.png") as tmp:
-                    panels.instances_panel(image, found, mask, task.classes).save(tmp, format="PNG")
-        stored.append(mapstore.encode(row["id"], row["tags"], maps))
-    return {"count": mapstore.write_part(stored, task.store_dir, task.index), "evaluated": evaluated,
-            "sweep": sweep.conf}
+                maps, found = task.prm.maps(row["id"], image, row["tags"], mask)
+            else:
+                with autocast(device, cfg["precision"]):
+                    maps = multiscale_maps(model, image, row["tags"], cfg["scales"], cfg["flip"], device)
+            if mask is not None:
+                sweep.add(maps, row["tags"], mask)
+                evaluated += 1
+            if task.first + k < cfg["n_overlays"]:
+                with atomic_file(reports / f"{row['id']}.png") as tmp:
+                    panels.maps_panel(image, maps, row["tags"], mask, task.classes).save(tmp, format="PNG")
+                if task.prm:
+                    with atomic_file(reports / f"{row['id']}_instances.png") as tmp:
+                        panels.instances_panel(image, found, mask, task.classes).save(tmp, format="PNG")
+            yield mapstore.encode(row["id"], row["tags"], maps)
+
+    count = mapstore.write_part(encoded(), task.store_dir, task.index)
+    return {"count": count, "evaluated": evaluated, "sweep": sweep.conf}
 
 
 def export(network: CheckpointRef, params: dict, store: Path, name: str, method: str = "cam") -> dict:
