@@ -88,16 +88,17 @@ def search(query: str, k: int, split: str | None, out: Path | None, ctx: Context
     results = [{"rank": n, "id": index.ids[i], "split": index.splits[i], "score": round(s, 4),
                 "tags": index.tag_names(i)} for n, (i, s) in enumerate(found, 1)]
     query_image = D.load_source(source)
-    tiles = [(f"{n}. {r['id']}  {r['score']:.3f}", index.image(i)) for n, ((i, _), r) in enumerate(zip(found, results), 1)]
+    tiles = [(f"{r['rank']}. {r['id']}  {r['score']:.3f}", index.image(i)) for (i, _), r in zip(found, results)]
     sheet = sheets.search_sheet((f"query: {name}", query_image), tiles)
     out = Path(out) if out else SEARCH_DIR / f"{_slug(Path(name).stem if row is None else name)}.png"
     with atomic_path(out) as tmp:
         sheet.save(tmp, format="PNG")
-    return {"query": name, "indexed": row is not None, "results": results, "sheet": str(out)}
+    where = f"{index.splits[row]}; {', '.join(index.tag_names(row))}" if row is not None else None
+    return {"query": name, "indexed": row is not None, "query_split_tags": where, "results": results, "sheet": str(out)}
 
 
 def format_results(found: dict) -> str:
-    lines = [f"query: {found['query']}" + ("" if found["indexed"] else " (not in the index)"),
+    lines = [f"query: {found['query']}" + (f" ({found['query_split_tags']})" if found["indexed"] else " (not in the index)"),
              f"{'rank':>4}  {'id':<24} {'score':>6}  tags"]
     for r in found["results"]:
         lines.append(f"{r['rank']:>4}  {r['id']:<24} {r['score']:>6.3f}  {', '.join(r['tags'])}")

@@ -345,7 +345,7 @@ class Search(Section):
     batch_size: int = Field(8, ge=1, le=1024)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
     index: str = "artifacts/search/index.npz"
-    threshold: float = Field(0.9, ge=-1.0, le=1.0)
+    threshold: float = Field(0.75, ge=-1.0, le=1.0)
 
 
 class Params(Section):
