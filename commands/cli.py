@@ -144,9 +144,10 @@ def search(
     rebuild: Annotated[bool, typer.Option("--rebuild", help="describe every image again")] = False,
 ):
     """The k training images most similar to QUERY (cosine of SBA descriptors), printed and on a contact sheet."""
-    from commands.search import format_results, search as run_search
+    from commands.search import check_query, format_results, search as run_search
 
     with _search_errors():
+        check_query(query)   # a mistyped path fails before the index is built
         ctx = _search_context(params, manifest, checkpoint, index, rebuild)
         where = None if split == "all" else (split or ctx.train_split)
         found = run_search(query, k, where, out, ctx)

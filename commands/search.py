@@ -60,6 +60,19 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "query"
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+def check_query(query: str) -> None:
+    """Fail before any indexing on a query that names a file (a path or an image suffix) that is
+    missing or unreadable; a bare name may still be an id of the manifest."""
+    path = Path(query)
+    if path.is_file():
+        D.read_image(path)
+    elif path.suffix.lower() in IMAGE_SUFFIXES or len(path.parts) > 1:
+        raise QueryError(f"query {query}: no such image file" + (" (a folder)" if path.is_dir() else ""))
+
+
 def resolve_query(query: str, index: retrieval_index.Index) -> tuple[object, int | None, str]:
     """(image source, its row in the index or None, a display name). An existing file wins over an
     id of the same name."""

@@ -14,9 +14,11 @@ AAAI 2018, whose released code fixes the details the paper leaves open):
      channel detects, with the background near zero;
   3. a proposal's regional feature is the proposal-weighted sum of the whole feature map (a C-vector:
      what the image looks like where that pattern is);
-  4. the regional features are concatenated (the paper; `aggregate: sum` adds them instead), then
-     L2-normalised, PCA-whitened (learned on the dataset's own descriptors, no labels), and
-     L2-normalised again, so cosine similarity = dot product.
+  4. the regional features are concatenated (the paper; `aggregate: concat`) or summed (shipped:
+     better on voc2012-mini), then L2-normalised, PCA-whitened if asked (learned on the dataset's own
+     descriptors, no labels), and L2-normalised again, so cosine similarity = dot product.
+Measured (docs/results.md, "Semantic-based aggregation"): on the trained classifier SBA beats SPoC
+and MAC, but random channels make proposals as good as the selected ones.
 Baselines of the same feature map, post-processed the same way (L2, the same whitening, L2):
   SPoC (Babenko & Lempitsky, ICCV 2015): sum pooling weighted by a Gaussian centre prior (sigma a
        third of the centre-to-nearest-border distance; `centre_prior: false` = plain sum pooling);

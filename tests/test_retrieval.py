@@ -299,9 +299,12 @@ def test_a_changed_setting_rebuilds_the_index(workspace, tmp_path):
 
 
 def test_a_bad_query_is_a_clear_error(workspace, tmp_path):
-    missing = run(workspace, "search", tmp_path / "no_such.jpg")
+    missing = run(workspace, "search", tmp_path / "no_such.jpg", "--index", tmp_path / "never.npz")
     assert missing.exit_code == 2
     assert "error:" in missing.output and "no_such.jpg" in missing.output and "Traceback" not in missing.output
+    assert not (tmp_path / "never.npz").exists()                       # refused before indexing anything
+    unknown = run(workspace, "search", "no_such_id")
+    assert unknown.exit_code == 2 and "no_such_id" in unknown.output and "9 indexed images" in unknown.output
     garbage = tmp_path / "notes.jpg"
     garbage.write_text("not an image")
     bad = run(workspace, "search", garbage)
