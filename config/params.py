@@ -57,6 +57,12 @@ def _odd(n: int) -> int:
     return n
 
 
+def _distinct(values: list) -> list:
+    if len(set(values)) != len(values):
+        raise _invalid(f"{values} repeats a value")
+    return values
+
+
 def _ordered(pair: list[int]) -> list[int]:
     if pair[0] > pair[1]:
         raise _invalid("the first value must not exceed the second")
@@ -81,6 +87,8 @@ Sides = Annotated[list[Annotated[int, Field(ge=16, le=4096)]], Field(min_length=
                   AfterValidator(_ordered)]   # [lo, hi]: the long side resized to a random length in it
 Steps = list[Annotated[int, Field(ge=1)]]   # step schedule: lr x 0.1 at each of these epochs
 Weight = Annotated[float, Field(ge=0.0, le=1000.0)]
+# locally_adaptive loss: k x k cells of the loss grid (1: plain cross-entropy's term)
+Windows = Annotated[list[Annotated[int, Field(ge=1, le=32)]], Field(min_length=1, max_length=8), AfterValidator(_distinct)]
 
 
 class Section(BaseModel):
@@ -265,12 +273,14 @@ class SegmenterCrf(Crf):
 
 class Segmenter(Network, Aspp, Training):
     head: SegmenterHead = "aspp_plus"
-    low_level_stride: Literal[4, 8] = 8   # head aspp_plus: the backbone features it fuses
+    low_level_stride: Literal[4, 8] = 8   # heads aspp_plus, ocr_plus: the backbone features they fuse
     val_flip: bool = True
     val_scales: Scales = [0.5, 0.75, 1.0, 1.25]   # inference scales, logits averaged
     loss: SegmenterLoss = "cross_entropy"   # models/losses.py
     loss_drop: float = Field(0.2, ge=0.0, le=0.9)   # small_loss_ce: fraction left out per class
     loss_stride: Literal[1, 2, 4, 8] = 4   # loss on every Nth label pixel (training/segmentation.py, loss_grid)
+    loss_windows: Windows = [1, 2, 4]   # locally_adaptive: window sizes on the loss grid, losses averaged
+    aux_weight: float = Field(0.4, ge=0.0, le=10.0)   # ocr heads: weight of the auxiliary (region) loss
     init: Literal["imagenet", "refiner"] = "imagenet"   # refiner: warm start from artifacts/refiner.pt
     freeze_blocks: FrozenBlocks = 3
     epochs: Epochs = 14

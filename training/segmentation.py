@@ -5,6 +5,7 @@ labels come from, so both call `train` and `evaluate` with their own label sourc
 """
 from __future__ import annotations
 
+import inspect
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -61,16 +62,29 @@ def loss_grid(logits: torch.Tensor, labels: torch.Tensor, stride: int) -> tuple[
     return images.upsample(logits.float().contiguous(), tuple(labels.shape[-2:])), labels
 
 
+def loss_options(loss: Callable, cfg: dict) -> dict:
+    """A loss's own settings: its keyword argument `x` reads segmenter.loss_x where the section has
+    it (small_loss_ce: drop = loss_drop; locally_adaptive: windows = loss_windows)."""
+    names = inspect.signature(loss).parameters
+    return {name: cfg[f"loss_{name}"] for name in names if f"loss_{name}" in cfg and name != "ignore_index"}
+
+
 def segmentation_loss(cfg: dict) -> Callable:
     """batch_loss(model, batch) for the trainer: cfg["loss"] from the LOSSES registry, 255 ignored,
-    taken every cfg["loss_stride"] pixels."""
+    taken every cfg["loss_stride"] pixels. A head with auxiliary logits (ocr: its soft object
+    regions) adds cfg["aux_weight"] x the same loss of those, against the same labels."""
     loss = LOSSES.get(cfg.get("loss", "cross_entropy"), "segmenter.loss")
-    drop, stride = cfg.get("loss_drop", 0.0), cfg["loss_stride"]
+    options, stride, aux_weight = loss_options(loss, cfg), cfg["loss_stride"], cfg.get("aux_weight", 0.4)
 
     def batch_loss(model, batch):
         x, labels = batch
-        logits, labels = loss_grid(model.logits(x), labels, stride)
-        return loss(logits, labels.contiguous(), drop=drop, ignore_index=IGNORE)
+        out, aux = model.logits_and_aux(x) if hasattr(model, "logits_and_aux") else (model.logits(x), None)
+        logits, grid = loss_grid(out, labels, stride)
+        value = loss(logits, grid.contiguous(), ignore_index=IGNORE, **options)
+        if aux is not None and aux_weight > 0:
+            value = value + aux_weight * loss(loss_grid(aux, labels, stride)[0], grid.contiguous(),
+                                              ignore_index=IGNORE, **options)
+        return value
     return batch_loss
 
 
@@ -78,7 +92,8 @@ def warm_start(model, state: dict, source: str) -> None:
     """Copy a localizer's weights (the refiner: same backbone and ASPP head) into a segmenter.
 
     The localizer has one output per foreground class; they become outputs 1.. and the background
-    output keeps its fresh initialisation. A decoder head (aspp_plus) keeps its decoder fresh. A key
+    output keeps its fresh initialisation. A decoder head (aspp_plus) keeps its decoder fresh; the
+    ocr heads have no ASPP, so they keep the whole head fresh and take the backbone only. A key
     with another shape means the two configs differ.
     """
     own = model.state_dict()
