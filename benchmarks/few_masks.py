@@ -131,6 +131,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax.plot([33], [TARGET], marker="*", markersize=12, color="red", linestyle="none", label=f"target at 33: {TARGET}")
     ax.set_xscale("symlog", linthresh=10)
     ax.set_xticks([0, 10, 33, 100, 330], ["0", "10", "33", "100", "330"])
+    ax.set_xlim(-1, 450)
     ax.set_xlabel("training images with a ground-truth mask (voc2012-mini train: 330)")
     ax.set_ylabel("val mIoU (%), no CRF")
     ax.set_title("How many masks does a user need? (semi-supervised, train_semi)")
