@@ -320,6 +320,78 @@ class Reference(Section):
     crf: bool = False   # also score it with CRF post-processing
 
 
+def _mask_choice(value: Any) -> Any:
+    """semi.masks: a count of training images, or the ids themselves (each once)."""
+    if isinstance(value, bool) or not isinstance(value, (int, list)):
+        raise _invalid(f"expected a count (int) or a list of image ids, got {type(value).__name__} ({value!r})")
+    if isinstance(value, int):
+        if value < 0:
+            raise _invalid(f"{value} is below the minimum 0")
+        return value
+    bad = [v for v in value if not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise _invalid(f"image ids must be non-empty strings, not {bad[0]!r}")
+    seen = set()
+    for image_id in value:
+        if image_id in seen:
+            raise _invalid(f"image {image_id!r} is listed twice")
+        seen.add(image_id)
+    return value
+
+
+class CoTraining(Section):
+    """semi.method cotraining (semi/cotraining.py; Peng et al. 2020): K segmenters that agree on the
+    unmasked images and resist each other's adversarial images."""
+
+    members: int = Field(2, ge=2, le=8)                   # K segmenters (each costs a segmenter's step, x2-3)
+    member_fraction: float = Field(0.7, gt=0.0, le=1.0)   # each member's seeded share of the masked images
+    agreement_weight: Weight = 1.0    # Jensen-Shannon divergence between the members' predictions
+    diversity_weight: Weight = 0.5    # member j on member i's adversarial image vs i's clean prediction (CE)
+    adversarial_eps: float = Field(4.0, ge=0.0, le=64.0)  # FGSM step in pixel values (0..255); 0: no diversity term
+
+
+class CycleGan(Section):
+    """semi.method cyclegan (semi/cycle.py; Mondal et al. 2019): the segmenter S, a small generator G
+    (mask -> image) and two PatchGAN discriminators, at `size` pixels."""
+
+    size: int = Field(64, ge=16, le=512)           # side of the images and masks G and the discriminators see
+    generator_width: Channels = 32
+    discriminator_width: Channels = 32
+    generator_weight: Weight = 1.0                 # L1 of G(mask) against its own image (the masked pairs)
+    adversarial_weight: Weight = 0.1               # LSGAN: S's masks vs real masks, G's images vs real images
+    cycle_image_weight: Weight = 1.0               # L1, image -> S -> G -> image
+    cycle_mask_weight: Weight = 0.5                # CE, mask -> G -> S -> mask
+
+
+class Semi(Section):
+    """train_semi: a SEMI-supervised segmenter from the masks of a few training images (semi/)."""
+
+    enabled: bool = False
+    masks: Annotated[Any, AfterValidator(_mask_choice)] = 33   # a count (seeded choice) or a list of ids
+    seed: int = Field(0, ge=0)                                 # which images a count chooses
+    method: Literal["masks_only", "masks+pseudo", "cotraining", "cyclegan"] = "masks+pseudo"
+    mask_share: float = Field(0.5, gt=0.0, le=1.0)   # share of each batch drawn from the masked images
+    pseudo_weight: Weight = 1.0                      # loss weight of the unmasked images' pseudo labels (0: unread)
+    epochs: int = Field(0, ge=0, le=1000)            # 0: segmenter.epochs
+    epoch_images: int = Field(0, ge=0, le=10_000_000)   # crops per epoch; 0: the train split's size
+    rampup: Prob = 0.2                               # share of the steps over which the unsupervised losses ramp up
+    crf: bool = False                                # also score on val with CRF post-processing
+    cotraining: CoTraining = CoTraining()
+    cyclegan: CycleGan = CycleGan()
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> "Semi":
+        n = self.masks if isinstance(self.masks, int) else len(self.masks)
+        if n == 0 and self.method in ("masks_only", "cyclegan"):
+            why = "trains on the masks alone" if self.method == "masks_only" else \
+                "learns its mask discriminator and mask cycle from the real masks"
+            raise _invalid(f"is 0, but semi.method {self.method} {why}: give it masks", "masks")
+        if self.method == "masks+pseudo" and self.pseudo_weight == 0:
+            raise _invalid("is 0, but semi.method masks+pseudo trains on the pseudo labels: use masks_only "
+                           "(or a weight > 0)", "pseudo_weight")
+        return self
+
+
 class Scaleout(Section):
     """How per-image stages run (scaleout/): in this process as shipped, or as chunks on a Dask
     cluster. Outputs are identical either way, so dvc.yaml tracks none of these keys."""
@@ -348,6 +420,7 @@ class Params(Section):
     pseudo_labels: PseudoLabels = PseudoLabels()
     segmenter: Segmenter = Segmenter()
     reference: Reference = Reference()
+    semi: Semi = Semi()
     distributed: Distributed = Distributed()
     scaleout: Scaleout = Scaleout()
 

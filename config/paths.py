@@ -13,6 +13,9 @@ REFERENCE = Path("artifacts/reference.pt")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 REPORTS = Path("reports")
+SEMI = Path("artifacts/semi")   # train_semi (semi.enabled): masked_ids.txt, segmenter.pt
+SEMI_MASKED_IDS = SEMI / "masked_ids.txt"
+SEMI_SEGMENTER = SEMI / "segmenter.pt"
 ROUNDS = Path("artifacts/rounds")   # label round <key>: ROUNDS/<key>/{pseudo_labels, segmenter.pt, maps}
 
 

@@ -212,12 +212,15 @@ def evaluate(model, root, rows: list[dict], n_classes: int, cfg: dict, device, s
 
 
 def train_and_score(params: dict, labels_for: Callable[[str], np.ndarray], name: str, checkpoint: Path,
-                    crf: bool = True) -> dict:
+                    crf: bool = True, fit: Callable | None = None) -> dict:
     """The segmentation stages' body: train on the train split with `labels_for(id)`, save, score on
     val without CRF post-processing and, if crf, with it too; writes metrics/<name>.json,
     plots/<name>_*.csv and reports/<name>/ (confusion matrix chart, sample panels).
 
     segmenter.init: refiner starts from the refiner's weights (artifacts/refiner.pt).
+    fit: how to train, called like `train` (default) and returning the same (model, history,
+    figures); its figures join the metrics. A model with `network_kind` / `network_settings()`
+    (models/ensemble.py) is saved as that kind of network.
     """
     cfg = params["segmenter"]
     warm = None
@@ -228,9 +231,10 @@ def train_and_score(params: dict, labels_for: Callable[[str], np.ndarray], name:
     manifest, classes, root = voc.read_manifest(paths.MANIFEST)
     train_ids = [r["id"] for r in voc.split_rows(manifest, params["data"]["train_split"])]
     start = time.perf_counter()
-    model, history, batch = train(cfg, root, train_ids, labels_for, len(classes), device, f"train {name}", warm)
+    model, history, batch = (fit or train)(cfg, root, train_ids, labels_for, len(classes), device, f"train {name}", warm)
     train_seconds = time.perf_counter() - start
-    checkpoints.save(checkpoint, model, to_config("segmenter", cfg, classes))
+    settings = model.network_settings() if hasattr(model, "network_settings") else {}
+    checkpoints.save(checkpoint, model, to_config(getattr(model, "network_kind", "segmenter"), {**cfg, **settings}, classes))
 
     val_rows = voc.split_rows(manifest, params["data"]["val_split"])
     start = time.perf_counter()
