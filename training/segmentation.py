@@ -22,6 +22,7 @@ from labelling.crf import crf_labels
 from models.networks import to_config
 from models.registry import LOSSES
 from models.segmenter import build_segmenter
+from pretraining import backbone as pretrained_backbone
 from scaleout.engine import LOCAL, EngineError, open_engine, progress
 from scoring.metrics import IGNORE, confusion, per_class_csv, summary
 from stores.atomic import atomic_path
@@ -99,13 +100,24 @@ def warm_start(model, state: dict, source: str) -> None:
     model.load_state_dict({k: state[k] for k in own})
 
 
-def train(cfg: dict, root, ids: list[str], labels: Callable, n_classes: int, device, desc: str,
-          start: tuple[dict, str] | None = None):
-    """(model, history, batch figures: distributed.batch_metrics); start: (state_dict, where it came
-    from) to warm-start from instead of the backbone's ImageNet weights."""
-    model = build_segmenter(cfg, n_classes)
+def initial_segmenter(cfg: dict, n_classes: int, start: tuple[dict, str] | None = None,
+                      backbone_from: str | Path | None = None):
+    """The untrained segmenter: ImageNet backbone (as cfg's `pretrained` says); start: (state_dict,
+    where it came from) to warm-start from (the refiner); backbone_from: the pretrain stage's
+    self-supervised backbone (pretraining/backbone.py), the head starting fresh."""
+    model = build_segmenter({**cfg, "pretrained": cfg["pretrained"] and backbone_from is None}, n_classes)
     if start is not None:
         warm_start(model, *start)
+    if backbone_from is not None:
+        pretrained_backbone.load_into(model.backbone, cfg["backbone"], backbone_from, "segmenter.init")
+    return model
+
+
+def train(cfg: dict, root, ids: list[str], labels: Callable, n_classes: int, device, desc: str,
+          start: tuple[dict, str] | None = None, backbone_from: str | Path | None = None):
+    """(model, history, batch figures: distributed.batch_metrics); start, backbone_from: where the
+    weights start (initial_segmenter)."""
+    model = initial_segmenter(cfg, n_classes, start, backbone_from)
     loader = training_loader(
         TrainingCrops(root, ids, LabelTarget(labels), cfg["crop_size"], cfg["resize_long"], cfg["seed"]), cfg)
     history = trainer.fit(model, loader, cfg, device, segmentation_loss(cfg), desc)
@@ -202,18 +214,21 @@ def train_and_score(params: dict, labels_for: Callable[[str], np.ndarray], name:
     val without CRF post-processing and, if crf, with it too; writes metrics/<name>.json,
     plots/<name>_*.csv and reports/<name>/ (confusion matrix chart, sample panels).
 
-    segmenter.init: refiner starts from the refiner's weights (artifacts/refiner.pt).
+    segmenter.init: refiner starts from the refiner's weights (artifacts/refiner.pt); pretrain from the
+    pretrain stage's self-supervised backbone (artifacts/pretrain/backbone.pt).
     """
     cfg = params["segmenter"]
     warm = None
     if cfg["init"] == "refiner":
         warm = (checkpoints.read(paths.REFINER)["state_dict"], str(paths.REFINER))
+    backbone_from = paths.PRETRAIN_BACKBONE if cfg["init"] == "pretrain" else None
     seed_everything(cfg["seed"])
     device = resolve_device(cfg["device"])
     manifest, classes, root = voc.read_manifest(paths.MANIFEST)
     train_ids = [r["id"] for r in voc.split_rows(manifest, params["data"]["train_split"])]
     start = time.perf_counter()
-    model, history, batch = train(cfg, root, train_ids, labels_for, len(classes), device, f"train {name}", warm)
+    model, history, batch = train(cfg, root, train_ids, labels_for, len(classes), device, f"train {name}", warm,
+                                  backbone_from)
     train_seconds = time.perf_counter() - start
     checkpoints.save(checkpoint, model, to_config("segmenter", cfg, classes))
 
