@@ -177,7 +177,21 @@ class ContextPaste(Section):
     max_side: float = Field(0.6, ge=0.05, le=1.0)      # pasted boxes scaled to at most this of the image side
 
 
+class Group(Section):
+    """Group-wise semantic mining (models/group.py, localization/group.py): batches of image groups
+    sharing a tag, co-attention message passing between them, graph dropout of the most shared responses."""
+
+    enabled: bool = False
+    size: int = Field(4, ge=2, le=16)              # images per group; batch_size = groups x size
+    steps: int = Field(2, ge=0, le=8)              # message-passing iterations (0: no messages)
+    dropout: float = Field(0.2, ge=0.0, le=0.9)    # graph dropout: fraction of each node's positions zeroed
+    channels: Channels = 256                       # the node states' channels
+    single_weight: Weight = 0.5                    # + this x the loss of each image alone (a group of one)
+
+
 class Classifier(Localizer, Training):
+    init: Literal["imagenet", "pretrain"] = "imagenet"   # pretrain: the backbone from artifacts/pretrain/backbone.pt
+    group: Group = Group()
     pooling: Literal["gap", "peaks"] = "gap"   # image score: map mean, or mean of its local peaks (PRM)
     peak_window: PeakWindow = 3   # pooling peaks, and the peaks PRM export backpropagates from
     drs: Drs = Drs()
@@ -212,6 +226,7 @@ class Maps(Section):
     n_overlays: int = Field(6, ge=0, le=1000)
     shard_size: Count = 256
     precision: Precision = "auto"   # of the raw and the refined map export
+    group_export: Literal["single", "neighbours"] = "single"   # group classifier: each image alone or with neighbours
 
     @model_validator(mode="after")
     def _sweep(self) -> Maps:
@@ -281,7 +296,8 @@ class Segmenter(Network, Aspp, Training):
     loss_stride: Literal[1, 2, 4, 8] = 4   # loss on every Nth label pixel (training/segmentation.py, loss_grid)
     loss_windows: Windows = [1, 2, 4]   # locally_adaptive: window sizes on the loss grid, losses averaged
     aux_weight: float = Field(0.4, ge=0.0, le=10.0)   # ocr heads: weight of the auxiliary (region) loss
-    init: Literal["imagenet", "refiner"] = "imagenet"   # refiner: warm start from artifacts/refiner.pt
+    init: Literal["imagenet", "refiner", "pretrain"] = "imagenet"   # refiner: artifacts/refiner.pt; pretrain: the
+                                                                     # pretrain stage's backbone
     freeze_blocks: FrozenBlocks = 3
     epochs: Epochs = 14
     resize_long: Sides = [256, 512]
@@ -409,10 +425,32 @@ class Scaleout(Section):
         return self
 
 
+class Pretrain(Section):
+    """Self-supervised backbone pretraining on the dataset's images (pretraining/simclr.py: SimCLR)."""
+
+    enabled: bool = False
+    backbone: Backbone = "efficientnet_lite0"   # must be the backbone of the network that starts from it
+    output_stride: Literal[8, 16, 32] = 32      # the embedding is global: no dilation needed (vgg16: 8)
+    start: Literal["imagenet", "scratch"] = "imagenet"
+    epochs: Epochs = 20
+    batch_size: int = Field(32, ge=2, le=4096)  # images per step (2 views each: 2 x batch_size - 2 negatives)
+    image_size: int = Field(112, ge=32, le=1024)
+    lr: float = Field(1e-4, ge=0.0, le=10.0)      # imagenet start: gentle; scratch: ~1e-3
+    weight_decay: float = Field(1e-6, ge=0.0, le=1.0)
+    temperature: float = Field(0.2, ge=0.01, le=10.0)
+    projection_dim: Channels = 128
+    held: int = Field(32, ge=2, le=100_000)     # images kept out of training for the collapse check
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
+    precision: Precision = "fp32"
+    num_workers: int = Field(0, ge=0, le=64)
+
+
 class Params(Section):
     profile: str = Field("cpu", pattern=r"^[a-z0-9_]+$")
     data: Data = Data()
     demo: Demo = Demo()
+    pretrain: Pretrain = Pretrain()
     classifier: Classifier = Classifier()
     maps: Maps = Maps()
     refiner: Refiner = Refiner()
@@ -433,6 +471,14 @@ class Params(Section):
                 raise _invalid(f"{getattr(self, name).batch_size} does not split evenly over the {n} processes of "
                                f"distributed.nproc_per_node (batch_size is the global batch: use a multiple of {n})",
                                f"{name}.batch_size")
+        group = self.classifier.group
+        if group.enabled and self.classifier.batch_size % (group.size * n):
+            raise _invalid(f"{self.classifier.batch_size} is not a whole number of groups of classifier.group.size "
+                           f"{group.size}{f' per process ({n} processes)' if n > 1 else ''}: use a multiple of "
+                           f"{group.size * n}", "classifier.batch_size")
+        if group.enabled and self.maps.group_export == "neighbours" and self.maps.method == "prm":
+            raise _invalid("neighbours works with maps.method cam only (PRM's peaks come from each image alone)",
+                           "maps.group_export")
         return self
 
     @model_validator(mode="after")

@@ -3,6 +3,8 @@ from pathlib import Path
 
 DEMO_ROOT = Path("data/demo")
 MANIFEST = Path("artifacts/manifest.parquet")
+PRETRAIN = Path("artifacts/pretrain")              # the pretrain stage: backbone.pt (enabled) or NOTE.txt
+PRETRAIN_BACKBONE = PRETRAIN / "backbone.pt"
 CLASSIFIER = Path("artifacts/classifier.pt")
 MAPS = Path("artifacts/maps")
 REFINER = Path("artifacts/refiner.pt")

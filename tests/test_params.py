@@ -110,7 +110,7 @@ def test_nan_is_rejected_from_python_and_from_yaml(raw, tmp_path):
     raw["pseudo_labels"]["bg_threshold"] = float("nan")
     assert error(raw) == "pseudo_labels.bg_threshold: must be a finite number"
     path = tmp_path / "params.yaml"
-    path.write_text((REPO / "params.yaml").read_text().replace("lr: 0.0001   ", "lr: .nan     ", 1))
+    path.write_text((REPO / "params.yaml").read_text().replace("lr: 0.0001                     # backbone", "lr: .nan                       # backbone", 1))
     with pytest.raises(ParamsError) as err:
         load(path)
     assert str(err.value) == "classifier.lr: must be a finite number"
