@@ -1,4 +1,4 @@
-"""`python -m commands --help`: predict, label-pngs, versions (commands/cli.py)."""
+"""`python -m commands --help`: predict, label-pngs, instance-pngs, versions, search, near-duplicates (commands/cli.py)."""
 import sys
 
 from commands.cli import main

@@ -8,10 +8,12 @@
     python -m commands versions rollback V [--force]
     python -m commands versions record [-m MESSAGE] [--no-push]
     python -m commands versions setup-remote
+    python -m commands search QUERY [--k 8] [--split train] [--out PNG] [--rebuild]
+    python -m commands near-duplicates [--threshold T] [--within] [--out-dir DIR] [--rebuild]
 
 Only the glue lives here: parsing, messages and exit codes. The work is done by
 commands.predict.predict_folder, commands.label_pngs.export, commands.instance_pngs.export,
-commands.versions and commands.outputs. Exit codes: 0 done; 2 a user error (missing input, a
+commands.versions, commands.outputs and commands.search. Exit codes: 0 done; 2 a user error (missing input, a
 refused output folder, a bad version ref, a bad command line), printed as one `error: ...` line
 on stderr (a rollback refusal adds the files it would lose); 1 a git or dvc command failed.
 Heavy modules (torch) are imported by the commands that need them, so `--help` is quick.
@@ -31,7 +33,8 @@ from config import paths
 PROG = "python -m commands"
 
 app = typer.Typer(help="User commands beside the pipeline stages: segment new images, export the pseudo "
-                       "labels or the PRM instances as PNGs, pseudo-label versions.",
+                       "labels or the PRM instances as PNGs, pseudo-label versions, image search and "
+                       "the train/val near-duplicate report.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 versions_app = typer.Typer(help="Pseudo-label versions: list, diff, rollback, record (docs/orchestration.md).",
                            no_args_is_help=True, pretty_exceptions_enable=False)
@@ -109,6 +112,69 @@ def instance_pngs(
     with user_errors(FileNotFoundError, NotADirectoryError, OutputError):
         n = export(instances, out_dir, overwrite=overwrite)
     typer.echo(f"{n} images with instances -> {out_dir} (id PNGs and JSON)")
+
+
+def _search_context(params: Path, manifest: Path, checkpoint: Path, index: Optional[Path], rebuild: bool):
+    from commands.search import open_index
+
+    return open_index(params, manifest, checkpoint, index, rebuild, log=lambda m: typer.echo(m, err=True))
+
+
+def _search_errors():
+    from commands.search import QueryError
+    from config.params import ParamsError
+    from dataset.voc import DataError
+    from retrieval.descriptors import ImageError
+    from retrieval.index import IndexFileError
+
+    return user_errors(FileNotFoundError, QueryError, ImageError, IndexFileError, ParamsError, DataError)
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="an image file, or an image id of the manifest")],
+    k: Annotated[int, typer.Option("--k", min=1, help="how many results")] = 8,
+    split: Annotated[str, typer.Option(help="search this split's images (data.train_split by default); "
+                                            "'all': every split")] = "",
+    out: Annotated[Optional[Path], typer.Option(help="the contact sheet PNG (default reports/search/<query>.png)")] = None,
+    params: Annotated[Path, typer.Option(help="params.yaml: the search section")] = Path("params.yaml"),
+    manifest: Annotated[Path, typer.Option(help="the images searched")] = paths.MANIFEST,
+    checkpoint: Annotated[Path, typer.Option(help="the classifier whose features describe images")] = paths.CLASSIFIER,
+    index: Annotated[Optional[Path], typer.Option(help="the descriptor index (default search.index)")] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="describe every image again")] = False,
+):
+    """The k training images most similar to QUERY (cosine of SBA descriptors), printed and on a contact sheet."""
+    from commands.search import format_results, search as run_search
+
+    with _search_errors():
+        ctx = _search_context(params, manifest, checkpoint, index, rebuild)
+        where = None if split == "all" else (split or ctx.train_split)
+        found = run_search(query, k, where, out, ctx)
+    typer.echo(format_results(found))
+
+
+@app.command("near-duplicates")
+def near_duplicates(
+    threshold: Annotated[Optional[float], typer.Option(
+        min=-1.0, max=1.0, help="report pairs at or above this cosine (default search.threshold)")] = None,
+    within: Annotated[bool, typer.Option("--within", help="also pairs inside train and inside val")] = False,
+    out_dir: Annotated[Path, typer.Option(help="pairs.csv, pairs.json, top_pairs.png")] = Path("reports/near_duplicates"),
+    top: Annotated[int, typer.Option(min=1, help="pairs on the contact sheet")] = 12,
+    params: Annotated[Path, typer.Option(help="params.yaml: the search section")] = Path("params.yaml"),
+    manifest: Annotated[Path, typer.Option(help="the images compared")] = paths.MANIFEST,
+    checkpoint: Annotated[Path, typer.Option(help="the classifier whose features describe images")] = paths.CLASSIFIER,
+    index: Annotated[Optional[Path], typer.Option(help="the descriptor index (default search.index)")] = None,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="describe every image again")] = False,
+):
+    """Leak check: train/val image pairs whose descriptors' cosine reaches the threshold (CSV, JSON, contact sheet)."""
+    from commands.search import format_duplicates, near_duplicates as run_report
+    from config.params import load
+
+    with _search_errors():
+        ctx = _search_context(params, manifest, checkpoint, index, rebuild)
+        t = threshold if threshold is not None else load(params)["search"]["threshold"]
+        report = run_report(t, within, out_dir, top, ctx)
+    typer.echo(format_duplicates(report))
 
 
 @contextlib.contextmanager

@@ -446,6 +446,27 @@ class Pretrain(Section):
     num_workers: int = Field(0, ge=0, le=64)
 
 
+class Search(Section):
+    """Image search and the near-duplicate report (`python -m commands search / near-duplicates`,
+    retrieval/): commands, not stages, so dvc.yaml tracks none of these keys."""
+    network: Literal["classifier", "imagenet"] = "classifier"
+    method: Literal["sba", "spoc", "mac", "rmac"] = "sba"
+    long_side: int = Field(384, ge=32, le=4096)
+    detectors: int = Field(100, ge=1, le=4096)
+    selection: Literal["variance", "frequency"] = "variance"
+    power: float = Field(0.5, gt=0.0, le=4.0)
+    aggregate: Literal["concat", "sum"] = "sum"
+    centre_prior: bool = True
+    rmac_levels: int = Field(3, ge=1, le=8)
+    whiten_dim: int = Field(0, ge=0, le=65536)
+    duplicate_whiten_dim: int = Field(256, ge=0, le=65536)
+    select_images: Count = 512
+    batch_size: int = Field(8, ge=1, le=1024)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
+    index: str = "artifacts/search/index.npz"
+    threshold: float = Field(0.9, ge=-1.0, le=1.0)
+
+
 class Params(Section):
     profile: str = Field("cpu", pattern=r"^[a-z0-9_]+$")
     data: Data = Data()
@@ -461,6 +482,7 @@ class Params(Section):
     semi: Semi = Semi()
     distributed: Distributed = Distributed()
     scaleout: Scaleout = Scaleout()
+    search: Search = Search()
 
     @model_validator(mode="after")
     def _batch_split(self) -> "Params":
