@@ -128,7 +128,7 @@ def export(network: CheckpointRef, params: dict, store: Path, name: str, method:
         group_metrics["group_export"] = cfg["group_export"]
         if cfg["group_export"] == "neighbours":
             if method == "prm":
-                raise EngineError("maps.group_export neighbours runs with maps.method cam (PRM's peaks come from "
+                raise group.GroupExportError("maps.group_export neighbours runs with maps.method cam (PRM's peaks come from "
                                   "each image alone): set maps.group_export=single or maps.method=cam")
             begun = time.perf_counter()
             model, _, device = network.get()   # the descriptors of every training image, here (also on dask)

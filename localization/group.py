@@ -20,11 +20,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from config.errors import StageError
 from dataset import images, voc
 from dataset.groups import GroupBatchSampler
 from models.registry import LOSSES
 from training import distributed
 from training.runtime import _reseed_worker, place, resolve_device
+
+class GroupExportError(StageError):
+    kind = "params error"
+
 
 NEIGHBOUR_SCALE = 0.5   # neighbours' features and the global descriptors: VOC images at ~250 px, like the crops
 
