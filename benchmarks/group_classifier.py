@@ -12,14 +12,10 @@ arm, seed and export is appended to benchmarks/results/seed_methods.jsonl with m
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, host, params_for, run_stages
+from common import append_row, arms_args, host, params_for, run_stages
 
 ARMS = {"default": [], "group": ["classifier.group.enabled=true"]}
 
@@ -31,17 +27,7 @@ def score(out: dict) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", default=os.environ.get("WSSS_VOC_MINI"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    ap.add_argument("--scratch", default="/tmp/wsss-group")
-    ap.add_argument("--set", action="append", default=[], help="params override for every arm")
-    ap.add_argument("--note", default="")
-    ap.add_argument("--dry-run", action="store_true", help="print the rows, do not append them")
-    args = ap.parse_args()
-    if not args.root:
-        sys.exit("no dataset: pass --root or set WSSS_VOC_MINI")
+    args = arms_args(__doc__, ARMS, "/tmp/wsss-group", [0, 1])
     for seed in args.seeds:
         for arm in args.arms:
             work = Path(args.scratch) / f"{arm}_s{seed}"
@@ -67,10 +53,7 @@ def main() -> None:
             for row in rows:
                 row.update({"overrides": args.set, "data": str(args.root), "split": "maps: train, mAP: val",
                             "note": args.note, **host()})
-                print(json.dumps(row), flush=True)
-                if not args.dry_run:
-                    with (RESULTS / "seed_methods.jsonl").open("a") as fh:
-                        fh.write(json.dumps(row) + "\n")
+                append_row(row, args.dry_run)
 
 
 if __name__ == "__main__":

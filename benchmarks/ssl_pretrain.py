@@ -14,14 +14,10 @@ seed, method `ssl_pretrain`, is appended to benchmarks/results/seed_methods.json
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, host, params_for, run_stages
+from common import append_row, arms_args, host, params_for, run_stages
 
 SSL = ["pretrain.enabled=true", "classifier.init=pretrain"]
 ARMS = {
@@ -36,17 +32,7 @@ FIGURES = ("embedding_std", "embedding_spread", "collapsed", "first_loss", "fina
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", default=os.environ.get("WSSS_VOC_MINI"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    ap.add_argument("--scratch", default="/tmp/wsss-ssl")
-    ap.add_argument("--set", action="append", default=[], help="params override for every arm")
-    ap.add_argument("--note", default="")
-    ap.add_argument("--dry-run", action="store_true", help="print the rows, do not append them")
-    args = ap.parse_args()
-    if not args.root:
-        sys.exit("no dataset: pass --root or set WSSS_VOC_MINI")
+    args = arms_args(__doc__, ARMS, "/tmp/wsss-ssl", [0])
     for seed in args.seeds:
         for arm in args.arms:
             params = params_for(args.root, [*ARMS[arm], *args.set, f"classifier.seed={seed}", f"pretrain.seed={seed}"])
@@ -65,10 +51,7 @@ def main() -> None:
                    "wall_s": round(time.perf_counter() - start, 1), "overrides": args.set, "data": str(args.root),
                    "split": "maps: train, mAP: val (pretraining saw train + val images, no labels)",
                    "note": args.note, **host()}
-            print(json.dumps(row), flush=True)
-            if not args.dry_run:
-                with (RESULTS / "seed_methods.jsonl").open("a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+            append_row(row, args.dry_run)
 
 
 if __name__ == "__main__":
