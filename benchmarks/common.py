@@ -45,6 +45,32 @@ def write_lines(name: str, lines: list[str]) -> Path:
     return path
 
 
+def arms_args(doc: str, arms: dict, scratch: str, seeds: list[int]):
+    """Command line of a benchmark that runs each of `arms` (name -> params overrides) per seed."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", default=os.environ.get("WSSS_VOC_MINI"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=seeds)
+    ap.add_argument("--arms", nargs="+", default=list(arms), choices=list(arms))
+    ap.add_argument("--scratch", default=scratch)
+    ap.add_argument("--set", action="append", default=[], help="params override for every arm")
+    ap.add_argument("--note", default="")
+    ap.add_argument("--dry-run", action="store_true", help="print the rows, do not append them")
+    args = ap.parse_args()
+    if not args.root:
+        sys.exit("no dataset: pass --root or set WSSS_VOC_MINI")
+    return args
+
+
+def append_row(row: dict, dry_run: bool = False, name: str = "seed_methods.jsonl") -> None:
+    """Print a result row and (unless dry_run) append it to benchmarks/results/<name>."""
+    import json
+    print(json.dumps(row), flush=True)
+    if not dry_run:
+        with (RESULTS / name).open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
 def host() -> dict:
     return {"host": platform.node(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
             "threads": os.environ.get("OMP_NUM_THREADS", "default")}

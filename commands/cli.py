@@ -114,6 +114,13 @@ def instance_pngs(
     typer.echo(f"{n} images with instances -> {out_dir} (id PNGs and JSON)")
 
 
+# Options the two search commands share (commands/search.py opens the same descriptor index for both).
+SearchParams = Annotated[Path, typer.Option(help="params.yaml: the search section")]
+SearchNetwork = Annotated[Path, typer.Option(help="the classifier whose features describe images")]
+SearchIndex = Annotated[Optional[Path], typer.Option(help="the descriptor index (default search.index)")]
+SearchRebuild = Annotated[bool, typer.Option("--rebuild", help="describe every image again")]
+
+
 def _search_context(params: Path, manifest: Path, checkpoint: Path, index: Optional[Path], rebuild: bool):
     from commands.search import open_index
 
@@ -137,11 +144,11 @@ def search(
     split: Annotated[str, typer.Option(help="search this split's images (data.train_split by default); "
                                             "'all': every split")] = "",
     out: Annotated[Optional[Path], typer.Option(help="the contact sheet PNG (default reports/search/<query>.png)")] = None,
-    params: Annotated[Path, typer.Option(help="params.yaml: the search section")] = Path("params.yaml"),
+    params: SearchParams = Path("params.yaml"),
     manifest: Annotated[Path, typer.Option(help="the images searched")] = paths.MANIFEST,
-    checkpoint: Annotated[Path, typer.Option(help="the classifier whose features describe images")] = paths.CLASSIFIER,
-    index: Annotated[Optional[Path], typer.Option(help="the descriptor index (default search.index)")] = None,
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="describe every image again")] = False,
+    checkpoint: SearchNetwork = paths.CLASSIFIER,
+    index: SearchIndex = None,
+    rebuild: SearchRebuild = False,
 ):
     """The k training images most similar to QUERY (cosine of SBA descriptors), printed and on a contact sheet."""
     from commands.search import check_query, format_results, search as run_search
@@ -161,11 +168,11 @@ def near_duplicates(
     within: Annotated[bool, typer.Option("--within", help="also pairs inside train and inside val")] = False,
     out_dir: Annotated[Path, typer.Option(help="pairs.csv, pairs.json, top_pairs.png")] = Path("reports/near_duplicates"),
     top: Annotated[int, typer.Option(min=1, help="pairs on the contact sheet")] = 12,
-    params: Annotated[Path, typer.Option(help="params.yaml: the search section")] = Path("params.yaml"),
+    params: SearchParams = Path("params.yaml"),
     manifest: Annotated[Path, typer.Option(help="the images compared")] = paths.MANIFEST,
-    checkpoint: Annotated[Path, typer.Option(help="the classifier whose features describe images")] = paths.CLASSIFIER,
-    index: Annotated[Optional[Path], typer.Option(help="the descriptor index (default search.index)")] = None,
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="describe every image again")] = False,
+    checkpoint: SearchNetwork = paths.CLASSIFIER,
+    index: SearchIndex = None,
+    rebuild: SearchRebuild = False,
 ):
     """Leak check: train/val image pairs whose descriptors' cosine reaches the threshold (CSV, JSON, contact sheet)."""
     from commands.search import format_duplicates, near_duplicates as run_report

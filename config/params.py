@@ -57,6 +57,12 @@ def _odd(n: int) -> int:
     return n
 
 
+def _distinct(values: list) -> list:
+    if len(set(values)) != len(values):
+        raise _invalid(f"{values} repeats a value")
+    return values
+
+
 def _ordered(pair: list[int]) -> list[int]:
     if pair[0] > pair[1]:
         raise _invalid("the first value must not exceed the second")
@@ -81,6 +87,8 @@ Sides = Annotated[list[Annotated[int, Field(ge=16, le=4096)]], Field(min_length=
                   AfterValidator(_ordered)]   # [lo, hi]: the long side resized to a random length in it
 Steps = list[Annotated[int, Field(ge=1)]]   # step schedule: lr x 0.1 at each of these epochs
 Weight = Annotated[float, Field(ge=0.0, le=1000.0)]
+# locally_adaptive loss: k x k cells of the loss grid (1: plain cross-entropy's term)
+Windows = Annotated[list[Annotated[int, Field(ge=1, le=32)]], Field(min_length=1, max_length=8), AfterValidator(_distinct)]
 
 
 class Section(BaseModel):
@@ -169,7 +177,21 @@ class ContextPaste(Section):
     max_side: float = Field(0.6, ge=0.05, le=1.0)      # pasted boxes scaled to at most this of the image side
 
 
+class Group(Section):
+    """Group-wise semantic mining (models/group.py, localization/group.py): batches of image groups
+    sharing a tag, co-attention message passing between them, graph dropout of the most shared responses."""
+
+    enabled: bool = False
+    size: int = Field(4, ge=2, le=16)              # images per group; batch_size = groups x size
+    steps: int = Field(2, ge=0, le=8)              # message-passing iterations (0: no messages)
+    dropout: float = Field(0.2, ge=0.0, le=0.9)    # graph dropout: fraction of each node's positions zeroed
+    channels: Channels = 256                       # the node states' channels
+    single_weight: Weight = 0.5                    # + this x the loss of each image alone (a group of one)
+
+
 class Classifier(Localizer, Training):
+    init: Literal["imagenet", "pretrain"] = "imagenet"   # pretrain: the backbone from artifacts/pretrain/backbone.pt
+    group: Group = Group()
     pooling: Literal["gap", "peaks"] = "gap"   # image score: map mean, or mean of its local peaks (PRM)
     peak_window: PeakWindow = 3   # pooling peaks, and the peaks PRM export backpropagates from
     drs: Drs = Drs()
@@ -204,6 +226,7 @@ class Maps(Section):
     n_overlays: int = Field(6, ge=0, le=1000)
     shard_size: Count = 256
     precision: Precision = "auto"   # of the raw and the refined map export
+    group_export: Literal["single", "neighbours"] = "single"   # group classifier: each image alone or with neighbours
 
     @model_validator(mode="after")
     def _sweep(self) -> Maps:
@@ -265,13 +288,16 @@ class SegmenterCrf(Crf):
 
 class Segmenter(Network, Aspp, Training):
     head: SegmenterHead = "aspp_plus"
-    low_level_stride: Literal[4, 8] = 8   # head aspp_plus: the backbone features it fuses
+    low_level_stride: Literal[4, 8] = 8   # heads aspp_plus, ocr_plus: the backbone features they fuse
     val_flip: bool = True
     val_scales: Scales = [0.5, 0.75, 1.0, 1.25]   # inference scales, logits averaged
     loss: SegmenterLoss = "cross_entropy"   # models/losses.py
     loss_drop: float = Field(0.2, ge=0.0, le=0.9)   # small_loss_ce: fraction left out per class
     loss_stride: Literal[1, 2, 4, 8] = 4   # loss on every Nth label pixel (training/segmentation.py, loss_grid)
-    init: Literal["imagenet", "refiner"] = "imagenet"   # refiner: warm start from artifacts/refiner.pt
+    loss_windows: Windows = [1, 2, 4]   # locally_adaptive: window sizes on the loss grid, losses averaged
+    aux_weight: float = Field(0.4, ge=0.0, le=10.0)   # ocr heads: weight of the auxiliary (region) loss
+    init: Literal["imagenet", "refiner", "pretrain"] = "imagenet"   # refiner: artifacts/refiner.pt; pretrain: the
+                                                                     # pretrain stage's backbone
     freeze_blocks: FrozenBlocks = 3
     epochs: Epochs = 14
     resize_long: Sides = [256, 512]
@@ -310,6 +336,78 @@ class Reference(Section):
     crf: bool = False   # also score it with CRF post-processing
 
 
+def _mask_choice(value: Any) -> Any:
+    """semi.masks: a count of training images, or the ids themselves (each once)."""
+    if isinstance(value, bool) or not isinstance(value, (int, list)):
+        raise _invalid(f"expected a count (int) or a list of image ids, got {type(value).__name__} ({value!r})")
+    if isinstance(value, int):
+        if value < 0:
+            raise _invalid(f"{value} is below the minimum 0")
+        return value
+    bad = [v for v in value if not isinstance(v, str) or not v.strip()]
+    if bad:
+        raise _invalid(f"image ids must be non-empty strings, not {bad[0]!r}")
+    seen = set()
+    for image_id in value:
+        if image_id in seen:
+            raise _invalid(f"image {image_id!r} is listed twice")
+        seen.add(image_id)
+    return value
+
+
+class CoTraining(Section):
+    """semi.method cotraining (semi/cotraining.py; Peng et al. 2020): K segmenters that agree on the
+    unmasked images and resist each other's adversarial images."""
+
+    members: int = Field(2, ge=2, le=8)                   # K segmenters (each costs a segmenter's step, x2-3)
+    member_fraction: float = Field(0.7, gt=0.0, le=1.0)   # each member's seeded share of the masked images
+    agreement_weight: Weight = 1.0    # Jensen-Shannon divergence between the members' predictions
+    diversity_weight: Weight = 0.5    # member j on member i's adversarial image vs i's clean prediction (CE)
+    adversarial_eps: float = Field(4.0, ge=0.0, le=64.0)  # FGSM step in pixel values (0..255); 0: no diversity term
+
+
+class CycleGan(Section):
+    """semi.method cyclegan (semi/cycle.py; Mondal et al. 2019): the segmenter S, a small generator G
+    (mask -> image) and two PatchGAN discriminators, at `size` pixels."""
+
+    size: int = Field(64, ge=16, le=512)           # side of the images and masks G and the discriminators see
+    generator_width: Channels = 32
+    discriminator_width: Channels = 32
+    generator_weight: Weight = 1.0                 # L1 of G(mask) against its own image (the masked pairs)
+    adversarial_weight: Weight = 0.1               # LSGAN: S's masks vs real masks, G's images vs real images
+    cycle_image_weight: Weight = 1.0               # L1, image -> S -> G -> image
+    cycle_mask_weight: Weight = 0.5                # CE, mask -> G -> S -> mask
+
+
+class Semi(Section):
+    """train_semi: a SEMI-supervised segmenter from the masks of a few training images (semi/)."""
+
+    enabled: bool = False
+    masks: Annotated[Any, AfterValidator(_mask_choice)] = 33   # a count (seeded choice) or a list of ids
+    seed: int = Field(0, ge=0)                                 # which images a count chooses
+    method: Literal["masks_only", "masks+pseudo", "cotraining", "cyclegan"] = "masks+pseudo"
+    mask_share: float = Field(0.5, gt=0.0, le=1.0)   # share of each batch drawn from the masked images
+    pseudo_weight: Weight = 1.0                      # loss weight of the unmasked images' pseudo labels (0: unread)
+    epochs: int = Field(0, ge=0, le=1000)            # 0: segmenter.epochs
+    epoch_images: int = Field(0, ge=0, le=10_000_000)   # crops per epoch; 0: the train split's size
+    rampup: Prob = 0.2                               # share of the steps over which the unsupervised losses ramp up
+    crf: bool = False                                # also score on val with CRF post-processing
+    cotraining: CoTraining = CoTraining()
+    cyclegan: CycleGan = CycleGan()
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> "Semi":
+        n = self.masks if isinstance(self.masks, int) else len(self.masks)
+        if n == 0 and self.method in ("masks_only", "cyclegan"):
+            why = "trains on the masks alone" if self.method == "masks_only" else \
+                "learns its mask discriminator and mask cycle from the real masks"
+            raise _invalid(f"is 0, but semi.method {self.method} {why}: give it masks", "masks")
+        if self.method == "masks+pseudo" and self.pseudo_weight == 0:
+            raise _invalid("is 0, but semi.method masks+pseudo trains on the pseudo labels: use masks_only "
+                           "(or a weight > 0)", "pseudo_weight")
+        return self
+
+
 class Scaleout(Section):
     """How per-image stages run (scaleout/): in this process as shipped, or as chunks on a Dask
     cluster. Outputs are identical either way, so dvc.yaml tracks none of these keys."""
@@ -325,6 +423,27 @@ class Scaleout(Section):
             raise _invalid("is set, but scaleout.engine is 'local': set scaleout.engine=dask to use it "
                            "(or leave the address empty)", "address")
         return self
+
+
+class Pretrain(Section):
+    """Self-supervised backbone pretraining on the dataset's images (pretraining/simclr.py: SimCLR)."""
+
+    enabled: bool = False
+    backbone: Backbone = "efficientnet_lite0"   # must be the backbone of the network that starts from it
+    output_stride: Literal[8, 16, 32] = 32      # the embedding is global: no dilation needed (vgg16: 8)
+    start: Literal["imagenet", "scratch"] = "imagenet"
+    epochs: Epochs = 20
+    batch_size: int = Field(32, ge=2, le=4096)  # images per step (2 views each: 2 x batch_size - 2 negatives)
+    image_size: int = Field(112, ge=32, le=1024)
+    lr: float = Field(1e-4, ge=0.0, le=10.0)      # imagenet start: gentle; scratch: ~1e-3
+    weight_decay: float = Field(1e-6, ge=0.0, le=1.0)
+    temperature: float = Field(0.2, ge=0.01, le=10.0)
+    projection_dim: Channels = 128
+    held: int = Field(32, ge=2, le=100_000)     # images kept out of training for the collapse check
+    seed: int = Field(0, ge=0)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")
+    precision: Precision = "fp32"
+    num_workers: int = Field(0, ge=0, le=64)
 
 
 class Search(Section):
@@ -352,6 +471,7 @@ class Params(Section):
     profile: str = Field("cpu", pattern=r"^[a-z0-9_]+$")
     data: Data = Data()
     demo: Demo = Demo()
+    pretrain: Pretrain = Pretrain()
     classifier: Classifier = Classifier()
     maps: Maps = Maps()
     refiner: Refiner = Refiner()
@@ -359,6 +479,7 @@ class Params(Section):
     pseudo_labels: PseudoLabels = PseudoLabels()
     segmenter: Segmenter = Segmenter()
     reference: Reference = Reference()
+    semi: Semi = Semi()
     distributed: Distributed = Distributed()
     scaleout: Scaleout = Scaleout()
     search: Search = Search()
@@ -372,6 +493,14 @@ class Params(Section):
                 raise _invalid(f"{getattr(self, name).batch_size} does not split evenly over the {n} processes of "
                                f"distributed.nproc_per_node (batch_size is the global batch: use a multiple of {n})",
                                f"{name}.batch_size")
+        group = self.classifier.group
+        if group.enabled and self.classifier.batch_size % (group.size * n):
+            raise _invalid(f"{self.classifier.batch_size} is not a whole number of groups of classifier.group.size "
+                           f"{group.size}{f' per process ({n} processes)' if n > 1 else ''}: use a multiple of "
+                           f"{group.size * n}", "classifier.batch_size")
+        if group.enabled and self.maps.group_export == "neighbours" and self.maps.method == "prm":
+            raise _invalid("neighbours works with maps.method cam only (PRM's peaks come from each image alone)",
+                           "maps.group_export")
         return self
 
     @model_validator(mode="after")

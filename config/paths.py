@@ -3,6 +3,8 @@ from pathlib import Path
 
 DEMO_ROOT = Path("data/demo")
 MANIFEST = Path("artifacts/manifest.parquet")
+PRETRAIN = Path("artifacts/pretrain")              # the pretrain stage: backbone.pt (enabled) or NOTE.txt
+PRETRAIN_BACKBONE = PRETRAIN / "backbone.pt"
 CLASSIFIER = Path("artifacts/classifier.pt")
 MAPS = Path("artifacts/maps")
 REFINER = Path("artifacts/refiner.pt")
@@ -13,6 +15,9 @@ REFERENCE = Path("artifacts/reference.pt")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 REPORTS = Path("reports")
+SEMI = Path("artifacts/semi")   # train_semi (semi.enabled): masked_ids.txt, segmenter.pt
+SEMI_MASKED_IDS = SEMI / "masked_ids.txt"
+SEMI_SEGMENTER = SEMI / "segmenter.pt"
 ROUNDS = Path("artifacts/rounds")   # label round <key>: ROUNDS/<key>/{pseudo_labels, segmenter.pt, maps}
 
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from config import paths
 from dataset import voc
+from localization import group
 from localization.prm import PrmExport
 from scoring.metrics import per_class_csv
 from scoring.sweep import ThresholdSweep, thresholds
@@ -35,9 +36,10 @@ from training.runtime import autocast, resolve_device, resolve_precision, wants_
 
 @torch.no_grad()
 def multiscale_maps(model, image: np.ndarray, tags: list[int], scales: list[float], flip: bool,
-                    device: torch.device) -> np.ndarray:
+                    device: torch.device, context: list[torch.Tensor] | None = None) -> np.ndarray:
     """ReLU'd class maps summed over scales (and horizontal flips) at image size, each class
-    scaled to max 1.
+    scaled to max 1. context: a group classifier's neighbour features that join every view's group
+    (localization/group.py; None: the network alone, a group classifier's group of one).
 
     Raw and refined maps are both scaled this way, so a background threshold means the same for
     both: a fraction of the class's own peak. (Refined maps regress towards the mean under MSE;
@@ -47,7 +49,8 @@ def multiscale_maps(model, image: np.ndarray, tags: list[int], scales: list[floa
     if not tags:
         return np.zeros((0, h, w), np.float32)
     channels = torch.tensor([t - 1 for t in tags], device=device)
-    total = sum_over_views(lambda batch: torch.relu(model(batch)[1])[:, channels], image, scales, flip, device)
+    run = model if context is None else (lambda batch: model(batch, context=context))
+    total = sum_over_views(lambda batch: torch.relu(run(batch)[1])[:, channels], image, scales, flip, device)
     total = total / total.flatten(1).amax(1).clamp_min(1e-5)[:, None, None]
     return total.cpu().numpy()
 
@@ -65,6 +68,7 @@ class ExportChunk:
     prm: PrmExport | None         # method prm (engine local only: it gathers instances in this process)
     store_dir: str                # the store's temporary folder
     reports_dir: str              # overlays of the first cfg["n_overlays"] images
+    neighbours: dict | None = None   # group classifier, maps.group_export neighbours: id -> the ids grouped with it
 
 
 def export_chunk(task: ExportChunk, imap=None) -> dict:
@@ -83,7 +87,9 @@ def export_chunk(task: ExportChunk, imap=None) -> dict:
                 maps, found = task.prm.maps(row["id"], image, row["tags"], mask)
             else:
                 with autocast(device, cfg["precision"]):
-                    maps = multiscale_maps(model, image, row["tags"], cfg["scales"], cfg["flip"], device)
+                    ctx = None if task.neighbours is None else group.context(model, task.root, task.neighbours[row["id"]],
+                                                                             device)
+                    maps = multiscale_maps(model, image, row["tags"], cfg["scales"], cfg["flip"], device, ctx)
             if mask is not None:
                 sweep.add(maps, row["tags"], mask)
                 evaluated += 1
@@ -117,6 +123,18 @@ def export(network: CheckpointRef, params: dict, store: Path, name: str, method:
     rows = voc.split_rows(manifest, params["data"]["train_split"])
     sweep = ThresholdSweep(thresholds(cfg["threshold_start"], cfg["threshold_stop"], cfg["threshold_step"]), len(classes))
     n, evaluated, start = 0, 0, time.perf_counter()
+    group_metrics, neighbours = {}, None
+    if (network.config()["network"].get("group") or {}).get("enabled"):   # a group-wise classifier
+        group_metrics["group_export"] = cfg["group_export"]
+        if cfg["group_export"] == "neighbours":
+            if method == "prm":
+                raise group.GroupExportError("maps.group_export neighbours runs with maps.method cam (PRM's peaks come from "
+                                  "each image alone): set maps.group_export=single or maps.method=cam")
+            begun = time.perf_counter()
+            model, _, device = network.get()   # the descriptors of every training image, here (also on dask)
+            neighbours = group.neighbour_table(model, root, rows, device)
+            group_metrics["neighbour_seconds"] = round(time.perf_counter() - begun, 1)
+            group_metrics["alone"] = sum(not v for v in neighbours.values())   # no image shares a tag with them
     prm = PrmExport(network.get()[0], classes, cfg, network.get()[2]) if method == "prm" else None
     prm_metrics: dict = {}
     gpu = wants_gpu(network.device)
@@ -125,7 +143,8 @@ def export(network: CheckpointRef, params: dict, store: Path, name: str, method:
         tmp_reports.mkdir()
         tmp_store.mkdir()
         tasks = [ExportChunk(k, first, chunk, str(Path(root).resolve()), classes, cfg, network, prm,
-                             str(tmp_store.resolve()), str(tmp_reports.resolve()))
+                             str(tmp_store.resolve()), str(tmp_reports.resolve()),
+                             None if neighbours is None else {r["id"]: neighbours[r["id"]] for r in chunk})
                  for k, (first, chunk) in enumerate(engine.split(rows, cfg["shard_size"]))]
         for part in engine.run(export_chunk, tasks, f"export {name}", gpu=gpu):
             n += part["count"]
@@ -143,7 +162,8 @@ def export(network: CheckpointRef, params: dict, store: Path, name: str, method:
     metrics = {"n_images": n, "n_evaluated": evaluated, "seconds": round(seconds, 1),
                "seconds_per_image": round(seconds / max(n, 1), 3), "method": method,
                "scales": cfg["scales"], "flip": cfg["flip"], "engine": engine_name,
-               "precision": "fp32" if prm else resolve_precision(device, cfg["precision"]), **prm_metrics}
+               "precision": "fp32" if prm else resolve_precision(device, cfg["precision"]), **prm_metrics,
+               **group_metrics}
     sweep_csv, per_class = "threshold,miou\n", {}
     if evaluated:  # without masks there is nothing to score; the plots stay empty
         result = sweep.result(classes)

@@ -6,12 +6,26 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from config import paths
 from dataset import images, voc
 from localization.context_paste import ContextPaste
+from localization.group import GroupLoss
+from models.classifier import build_localizer
 from models.drs import LearnableDRS
 from models.registry import LOSSES
+from pretraining import backbone as pretrained_backbone
 from training import distributed, trainer
 from training.runtime import place
+
+
+def build_classifier(cfg: dict, n_fg: int, pretrain_path=paths.PRETRAIN_BACKBONE):
+    """The untrained classifier of params' classifier section: the CAM classifier, or with
+    group.enabled the group-wise one; classifier.init pretrain: its backbone's weights from the
+    pretrain stage (pretraining/backbone.py) instead of ImageNet."""
+    model = build_localizer({**cfg, "pretrained": cfg["pretrained"] and cfg["init"] != "pretrain"}, n_fg)
+    if cfg["init"] == "pretrain":
+        pretrained_backbone.load_into(model.backbone, cfg["backbone"], pretrain_path, "classifier.init")
+    return model
 
 
 def multi_hot(tags: list[int], n_fg: int) -> torch.Tensor:
@@ -55,6 +69,8 @@ def fit(model, loader, cfg: dict, device: torch.device) -> list[dict]:
     paste = cfg["context_paste"]
     seed = cfg["seed"] + distributed.rank()   # under torchrun each rank pastes its own draws; rank 0 as one process
     loss = ContextPaste(paste, len(loader), seed) if paste["prob"] > 0 else classification_loss
+    if cfg["group"]["enabled"]:   # batches of groups (localization/group.py), pasting inside them
+        loss = GroupLoss(cfg["group"], loss if isinstance(loss, ContextPaste) else None)
     return trainer.fit(model, loader, cfg, device, loss, "train classifier", stats)
 
 

@@ -97,17 +97,24 @@ class ContextPaste:
         self.bank: list[CutObject] = []
         self.step = 0
 
-    def __call__(self, model, batch) -> torch.Tensor:
-        images, targets = batch
+    def paste(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This step's (images, the targets its loss uses, pasted: N bool); counts the step."""
         active = self.prob > 0 and self.step >= self.start_step
         self.step += 1
         if active:
-            images, targets_in, pasted = paste_objects(images, targets, self.bank, self.prob, self.rng)
-        else:
-            targets_in, pasted = targets, torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
-        logits, maps = model(images)
+            return paste_objects(images, targets, self.bank, self.prob, self.rng)
+        return images, targets, torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+
+    def refill(self, images: torch.Tensor, targets: torch.Tensor, maps: torch.Tensor, pasted: torch.Tensor) -> None:
+        """The bank: objects cut from this step's un-pasted images (targets: their own tags)."""
         if self.prob > 0 and self.step >= self.start_step:  # the bank is filled one batch before pasting starts
             keep = ~pasted
             self.bank = cut_objects(images[keep], targets[keep], maps[keep], self.threshold, self.rng,
                                     self.max_side)
+
+    def __call__(self, model, batch) -> torch.Tensor:
+        images, targets = batch
+        images, targets_in, pasted = self.paste(images, targets)
+        logits, maps = model(images)
+        self.refill(images, targets, maps, pasted)
         return LOSSES.get("multilabel_soft_margin")(logits, targets_in)

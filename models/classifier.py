@@ -91,13 +91,18 @@ class CAMClassifier(nn.Module):
         return maps.mean(dim=(2, 3)), maps
 
     @classmethod
-    def from_config(cls, cfg: dict, n_classes: int) -> "CAMClassifier":
+    def config_kwargs(cls, cfg: dict) -> dict:
+        """The constructor's arguments from a params.yaml section (or a checkpoint's copy of one)."""
         drs = cfg.get("drs") or NO_DRS  # the refiner's section has no DRS
-        return cls(n_classes=n_classes, backbone=cfg["backbone"], pretrained=cfg["pretrained"],
-                   output_stride=cfg["output_stride"], extra_convs=cfg["extra_convs"],
-                   extra_channels=cfg["extra_channels"], extra_kernel=cfg.get("extra_kernel", 3),  # older checkpoints: 3x3
-                   drs_mode=drs["mode"], drs_delta=drs["delta"], drs_placement=tuple(drs["placement"]),
-                   pooling=cfg.get("pooling", "gap"), peak_window=cfg.get("peak_window", 3))  # older: GAP
+        return dict(backbone=cfg["backbone"], pretrained=cfg["pretrained"],
+                    output_stride=cfg["output_stride"], extra_convs=cfg["extra_convs"],
+                    extra_channels=cfg["extra_channels"], extra_kernel=cfg.get("extra_kernel", 3),  # older checkpoints: 3x3
+                    drs_mode=drs["mode"], drs_delta=drs["delta"], drs_placement=tuple(drs["placement"]),
+                    pooling=cfg.get("pooling", "gap"), peak_window=cfg.get("peak_window", 3))  # older: GAP
+
+    @classmethod
+    def from_config(cls, cfg: dict, n_classes: int) -> "CAMClassifier":
+        return cls(n_classes=n_classes, **cls.config_kwargs(cfg))
 
     @torch.no_grad()
     def cams(self, images: torch.Tensor) -> torch.Tensor:
@@ -131,5 +136,9 @@ class ASPPLocalizer(Segmenter):
 
 
 def build_localizer(cfg: dict, n_classes: int) -> nn.Module:
-    """From a localizer section of params.yaml (`head` picks the kind; the classifier's is cam)."""
+    """From a localizer section of params.yaml (`head` picks the kind; the classifier's is cam, or
+    with `group.enabled` the group-wise classifier of models/group.py)."""
+    if (cfg.get("group") or {}).get("enabled"):   # older checkpoints and the refiner: no group section
+        from models.group import GroupClassifier
+        return GroupClassifier.from_config(cfg, n_classes)
     return LOCALIZERS.get(cfg.get("head", "cam"), key="refiner.head").from_config(cfg, n_classes)

@@ -5,13 +5,16 @@ from __future__ import annotations
 from torch import nn
 
 from models.classifier import build_localizer
+from models.ensemble import build_ensemble
 from models.segmenter import build_segmenter
 
-BUILDERS = {"localizer": build_localizer, "segmenter": build_segmenter}
+BUILDERS = {"localizer": build_localizer, "segmenter": build_segmenter,
+            "segmenter_ensemble": build_ensemble}   # train_semi's co-training members (models/ensemble.py)
 
 
 def to_config(kind: str, section: dict, classes: list[str]) -> dict:
-    """kind: localizer (CAM classifier, refiner) or segmenter; section: its params.yaml section."""
+    """kind: localizer (CAM classifier, refiner), segmenter or segmenter_ensemble (section: the segmenter's
+    plus `members`); section: its params.yaml section."""
     if kind not in BUILDERS:
         raise KeyError(f"unknown network kind {kind!r}; kinds: {sorted(BUILDERS)}")
     return {"kind": kind, "network": dict(section), "classes": list(classes)}

@@ -83,13 +83,23 @@ class Segmenter(nn.Module):
     def new_modules(self) -> list[nn.Module]:
         return [self.head]
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """Class logits at the head's own stride, for images in 0..255."""
+    def logits_and_aux(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(class logits at the head's own stride, the head's auxiliary logits or None), for images
+        in 0..255. Heads with an auxiliary output (ocr: its soft object regions) have
+        `forward_with_aux`; the training loss supervises both (training/segmentation.py)."""
         x = (images / 255.0 - self.mean) / self.std
         if self.low_level_stride:
             low, high = self.backbone.forward_levels(x, self.low_level_stride)
-            return self.head(high, low)
-        return self.head(self.backbone(x))
+            inputs = (high, low)
+        else:
+            inputs = (self.backbone(x),)
+        if hasattr(self.head, "forward_with_aux"):
+            return self.head.forward_with_aux(*inputs)
+        return self.head(*inputs), None
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class logits at the head's own stride, for images in 0..255 (inference: no auxiliary output)."""
+        return self.logits_and_aux(images)[0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Per-pixel class logits at the input's size, for images in 0..255."""

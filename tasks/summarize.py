@@ -8,6 +8,7 @@ from stores.atomic import write_text
 from tracking.outputs import write_stage_outputs
 
 ROWS = [  # (metrics file, label, mIoU key, seconds keys)
+    ("pretrain", "self-supervised backbone pretraining", None, ("train_seconds",)),
     ("classifier", "classifier (val mAP)", "val_map", ("train_seconds",)),
     ("maps", "localization maps (train)", "miou", ("seconds",)),
     ("refiner", "refiner training", None, ("train_seconds",)),

@@ -12,8 +12,9 @@ import numpy as np
 from config import paths
 from dataset import voc
 from dataset.crops import TrainingCrops
-from localization.classification import TagTarget, average_precision, fit, multi_hot, predict_scores
-from models.classifier import build_localizer
+from localization import group
+from localization.classification import (TagTarget, average_precision, build_classifier, fit, multi_hot,
+                                         predict_scores)
 from models.networks import to_config
 from tracking.outputs import write_stage_outputs
 from training import checkpoints, distributed, trainer
@@ -30,10 +31,13 @@ def main(params: dict) -> dict:
     if cfg["limit"]:
         train_rows = train_rows[: cfg["limit"]]
     n_fg = len(classes) - 1
-    model = build_localizer(cfg, n_fg)
+    model = build_classifier(cfg, n_fg)
     target = TagTarget({r["id"]: r["tags"] for r in train_rows}, n_fg)
-    loader = training_loader(TrainingCrops(root, [r["id"] for r in train_rows], target, cfg["crop_size"],
-                                           cfg["resize_long"], cfg["seed"]), cfg)
+    crops = TrainingCrops(root, [r["id"] for r in train_rows], target, cfg["crop_size"], cfg["resize_long"], cfg["seed"])
+    if cfg["group"]["enabled"]:   # batches of image groups sharing a tag (group-wise semantic mining)
+        loader = group.loader(crops, [r["tags"] for r in train_rows], cfg)
+    else:
+        loader = training_loader(crops, cfg)
     start = time.perf_counter()
     history = fit(model, loader, cfg, device)
     train_seconds = time.perf_counter() - start
@@ -43,7 +47,8 @@ def main(params: dict) -> dict:
     val_rows = voc.split_rows(manifest, params["data"]["val_split"])
     metrics = {"train_seconds": round(train_seconds, 1), "epochs": cfg["epochs"], "n_train": len(train_rows),
                "final_loss": round(history[-1]["loss"], 5), "device": str(device),
-               **distributed.batch_metrics(loader)}
+               "init": cfg["init"], **(group.batch_metrics(loader) if cfg["group"]["enabled"] else
+                                       distributed.batch_metrics(loader))}
     if val_rows:
         scores = predict_scores(model, root, val_rows, cfg["crop_size"], device)
         targets = np.stack([multi_hot(r["tags"], n_fg).numpy() for r in val_rows])

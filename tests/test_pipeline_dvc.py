@@ -76,8 +76,9 @@ def test_dvc_repro_demo_end_to_end(tmp_path):
     assert len(list((repo / "reports/maps").glob("*.png"))) == 2
     lock = yaml.safe_load((repo / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(expanded(load(repo / "params.yaml")))  # every stage ran (rounds: each)
-    for name in ("refined_maps", "pseudo_labels", "segmentation", "reference", "summary"):
+    for name in ("refined_maps", "pseudo_labels", "segmentation", "reference", "semi", "summary"):
         assert (repo / "metrics" / f"{name}.json").exists(), name
+    assert json.loads((repo / "metrics/semi.json").read_text())["enabled"] is False   # the default: weak only
     seg = json.loads((repo / "metrics/segmentation.json").read_text())
     assert {"val_miou", "val_miou_crf", "per_class_iou"} <= set(seg)
     assert (repo / "reports/segmentation/confusion_matrix.png").exists()

@@ -224,6 +224,10 @@ class _StageRun:
         if items:
             self.client.log_batch(self.run_id, metrics=items)
 
+    def set_tags(self, tags: dict) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, str(key), str(value))
+
     def log_artifact(self, path: Path, artifact_path: str | None) -> None:
         if path.is_dir():
             self.client.log_artifacts(self.run_id, str(path), artifact_path)
@@ -302,6 +306,13 @@ def _guard(what: str, fn, *args) -> None:
 def log_metrics(metrics: dict, step: int | None = None) -> None:
     if _run is not None:
         _guard("log_metrics", _run.log_metrics, metrics, step)
+
+
+def set_tags(tags: dict) -> None:
+    """Tags on the stage's run, e.g. {"supervision": "semi"}: what kind of result it is, searchable
+    in the MLflow UI (tags.supervision = 'semi'). A no-op outside a stage run."""
+    if _run is not None:
+        _guard("set_tags", _run.set_tags, tags)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:

@@ -5,6 +5,8 @@ labels come from, so both call `train` and `evaluate` with their own label sourc
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from labelling.crf import crf_labels
 from models.networks import to_config
 from models.registry import LOSSES
 from models.segmenter import build_segmenter
+from pretraining import backbone as pretrained_backbone
 from scaleout.engine import LOCAL, EngineError, open_engine, progress
 from scoring.metrics import IGNORE, confusion, per_class_csv, summary
 from stores.atomic import atomic_path
@@ -61,16 +64,29 @@ def loss_grid(logits: torch.Tensor, labels: torch.Tensor, stride: int) -> tuple[
     return images.upsample(logits.float().contiguous(), tuple(labels.shape[-2:])), labels
 
 
+def loss_options(loss: Callable, cfg: dict) -> dict:
+    """A loss's own settings: its keyword argument `x` reads segmenter.loss_x where the section has
+    it (small_loss_ce: drop = loss_drop; locally_adaptive: windows = loss_windows)."""
+    names = inspect.signature(loss).parameters
+    return {name: cfg[f"loss_{name}"] for name in names if f"loss_{name}" in cfg and name != "ignore_index"}
+
+
 def segmentation_loss(cfg: dict) -> Callable:
     """batch_loss(model, batch) for the trainer: cfg["loss"] from the LOSSES registry, 255 ignored,
-    taken every cfg["loss_stride"] pixels."""
+    taken every cfg["loss_stride"] pixels. A head with auxiliary logits (ocr: its soft object
+    regions) adds cfg["aux_weight"] x the same loss of those, against the same labels."""
     loss = LOSSES.get(cfg.get("loss", "cross_entropy"), "segmenter.loss")
-    drop, stride = cfg.get("loss_drop", 0.0), cfg["loss_stride"]
+    options, stride, aux_weight = loss_options(loss, cfg), cfg["loss_stride"], cfg.get("aux_weight", 0.4)
 
     def batch_loss(model, batch):
         x, labels = batch
-        logits, labels = loss_grid(model.logits(x), labels, stride)
-        return loss(logits, labels.contiguous(), drop=drop, ignore_index=IGNORE)
+        out, aux = model.logits_and_aux(x) if hasattr(model, "logits_and_aux") else (model.logits(x), None)
+        logits, grid = loss_grid(out, labels, stride)
+        value = loss(logits, grid.contiguous(), ignore_index=IGNORE, **options)
+        if aux is not None and aux_weight > 0:
+            value = value + aux_weight * loss(loss_grid(aux, labels, stride)[0], grid.contiguous(),
+                                              ignore_index=IGNORE, **options)
+        return value
     return batch_loss
 
 
@@ -78,7 +94,8 @@ def warm_start(model, state: dict, source: str) -> None:
     """Copy a localizer's weights (the refiner: same backbone and ASPP head) into a segmenter.
 
     The localizer has one output per foreground class; they become outputs 1.. and the background
-    output keeps its fresh initialisation. A decoder head (aspp_plus) keeps its decoder fresh. A key
+    output keeps its fresh initialisation. A decoder head (aspp_plus) keeps its decoder fresh; the
+    ocr heads have no ASPP, so they keep the whole head fresh and take the backbone only. A key
     with another shape means the two configs differ.
     """
     own = model.state_dict()
@@ -99,13 +116,24 @@ def warm_start(model, state: dict, source: str) -> None:
     model.load_state_dict({k: state[k] for k in own})
 
 
-def train(cfg: dict, root, ids: list[str], labels: Callable, n_classes: int, device, desc: str,
-          start: tuple[dict, str] | None = None):
-    """(model, history, batch figures: distributed.batch_metrics); start: (state_dict, where it came
-    from) to warm-start from instead of the backbone's ImageNet weights."""
-    model = build_segmenter(cfg, n_classes)
+def initial_segmenter(cfg: dict, n_classes: int, start: tuple[dict, str] | None = None,
+                      backbone_from: str | Path | None = None):
+    """The untrained segmenter: ImageNet backbone (as cfg's `pretrained` says); start: (state_dict,
+    where it came from) to warm-start from (the refiner); backbone_from: the pretrain stage's
+    self-supervised backbone (pretraining/backbone.py), the head starting fresh."""
+    model = build_segmenter({**cfg, "pretrained": cfg["pretrained"] and backbone_from is None}, n_classes)
     if start is not None:
         warm_start(model, *start)
+    if backbone_from is not None:
+        pretrained_backbone.load_into(model.backbone, cfg["backbone"], backbone_from, "segmenter.init")
+    return model
+
+
+def train(cfg: dict, root, ids: list[str], labels: Callable, n_classes: int, device, desc: str,
+          start: tuple[dict, str] | None = None, backbone_from: str | Path | None = None):
+    """(model, history, batch figures: distributed.batch_metrics); start, backbone_from: where the
+    weights start (initial_segmenter)."""
+    model = initial_segmenter(cfg, n_classes, start, backbone_from)
     loader = training_loader(
         TrainingCrops(root, ids, LabelTarget(labels), cfg["crop_size"], cfg["resize_long"], cfg["seed"]), cfg)
     history = trainer.fit(model, loader, cfg, device, segmentation_loss(cfg), desc)
@@ -197,25 +225,35 @@ def evaluate(model, root, rows: list[dict], n_classes: int, cfg: dict, device, s
 
 
 def train_and_score(params: dict, labels_for: Callable[[str], np.ndarray], name: str, checkpoint: Path,
-                    crf: bool = True) -> dict:
+                    crf: bool = True, fit: Callable | None = None) -> dict:
     """The segmentation stages' body: train on the train split with `labels_for(id)`, save, score on
     val without CRF post-processing and, if crf, with it too; writes metrics/<name>.json,
     plots/<name>_*.csv and reports/<name>/ (confusion matrix chart, sample panels).
 
-    segmenter.init: refiner starts from the refiner's weights (artifacts/refiner.pt).
+    segmenter.init: refiner starts from the refiner's weights (artifacts/refiner.pt); pretrain from the
+    pretrain stage's self-supervised backbone (artifacts/pretrain/backbone.pt).
+    fit: how to train, called like `train` (default) and returning the same (model, history,
+    figures); its figures join the metrics. A model with `network_kind` / `network_settings()`
+    (models/ensemble.py) is saved as that kind of network.
     """
     cfg = params["segmenter"]
     warm = None
     if cfg["init"] == "refiner":
         warm = (checkpoints.read(paths.REFINER)["state_dict"], str(paths.REFINER))
+    backbone_from = paths.PRETRAIN_BACKBONE if cfg["init"] == "pretrain" else None
     seed_everything(cfg["seed"])
     device = resolve_device(cfg["device"])
     manifest, classes, root = voc.read_manifest(paths.MANIFEST)
     train_ids = [r["id"] for r in voc.split_rows(manifest, params["data"]["train_split"])]
     start = time.perf_counter()
-    model, history, batch = train(cfg, root, train_ids, labels_for, len(classes), device, f"train {name}", warm)
+    if fit is not None and backbone_from is not None:
+        raise ValueError(f"segmenter.init: pretrain is not supported by {name} (its own training starts "
+                         "from ImageNet or the refiner)")
+    model, history, batch = (fit or functools.partial(train, backbone_from=backbone_from))(
+        cfg, root, train_ids, labels_for, len(classes), device, f"train {name}", warm)
     train_seconds = time.perf_counter() - start
-    checkpoints.save(checkpoint, model, to_config("segmenter", cfg, classes))
+    settings = model.network_settings() if hasattr(model, "network_settings") else {}
+    checkpoints.save(checkpoint, model, to_config(getattr(model, "network_kind", "segmenter"), {**cfg, **settings}, classes))
 
     val_rows = voc.split_rows(manifest, params["data"]["val_split"])
     start = time.perf_counter()

@@ -1,0 +1,205 @@
+"""How many masks does a user need? val mIoU of the semi-supervised segmenter (stage train_semi)
+for mask counts x methods x seeds, with the weak default and the fully supervised reference as lines.
+
+    OMP_NUM_THREADS=2 python benchmarks/few_masks.py --masks 33 --methods masks+pseudo --seeds 0 1
+    python benchmarks/few_masks.py --plot-only
+
+Each row runs train_semi in its own scratch folder (--scratch/<method>_m<masks>_s<seed>) that holds
+a copy of the source run's manifest and pseudo labels (--source, default /tmp/wsss-pipeline/i18_s0,
+only read), appends {masks, method, seed, val_miou, wall_s, settings...} to
+benchmarks/results/few_masks.jsonl (rows already there with the same masks, method, seed, epochs,
+limit and --set are skipped), and redraws the plot (benchmarks/results/few_masks.png, also logged
+to MLflow). `seed` sets both semi.seed (which images are masked) and segmenter.seed (training).
+
+Rows that make no sense are skipped and said so: masks_only and cyclegan with 0 masks (nothing to
+learn from / no real mask), and masks+pseudo when every train image is masked (then it is
+masks_only). --limit N keeps the first N train and N val images (for a quick check only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from common import REPO, RESULTS, host, params_for, run_stages
+
+SOURCE = Path("/tmp/wsss-pipeline/i18_s0")
+METHODS = ["masks_only", "masks+pseudo", "cotraining", "cyclegan"]
+WEAK, REFERENCE, TARGET = 41.16, 54.5, 47.0   # val mIoU: weak default, reference (330 masks), issue 20's target at 33
+
+
+def key(row: dict) -> tuple:
+    return (row["masks"], row["method"], row["seed"], row.get("epochs"), row.get("limit", 0), tuple(row.get("overrides", [])))
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def prepare(work: Path, source: Path, limit: int, train_split: str, val_split: str) -> tuple[str, int]:
+    """work/artifacts: the source's manifest (the first `limit` train and val images when limit > 0)
+    and pseudo labels, copied; returns (data root, train images)."""
+    sys.path.insert(0, str(REPO))
+    import pyarrow as pa
+    from dataset import voc
+    from stores.atomic import write_parquet
+
+    table, _, root = voc.read_manifest(source / "artifacts/manifest.parquet")
+    if limit:
+        rows = table.to_pylist()
+        keep = [r for s in (train_split, val_split) for r in [r for r in rows if r["split"] == s][:limit]]
+        table = pa.Table.from_pylist(keep, schema=table.schema)   # the schema keeps classes and root
+    (work / "artifacts").mkdir(parents=True, exist_ok=True)
+    write_parquet(table, work / "artifacts/manifest.parquet")
+    labels = work / "artifacts/pseudo_labels"
+    if labels.exists():
+        shutil.rmtree(labels)
+    shutil.copytree(source / "artifacts/pseudo_labels", labels)
+    return str(root), sum(1 for s in table.column("split").to_pylist() if s == train_split)
+
+
+def skip_reason(masks: int, method: str, n_train: int) -> str | None:
+    if masks > n_train:
+        return f"only {n_train} train images"
+    if masks == 0 and method in ("masks_only", "cyclegan"):
+        return "needs masks"
+    if masks == n_train and method == "masks+pseudo":
+        return "every image masked: the masks_only run"
+    return None
+
+
+def train_count(source: Path, limit: int) -> int:
+    import pyarrow.parquet as pq
+    n = pq.read_table(source / "artifacts/manifest.parquet", columns=["split"]).column("split").to_pylist().count("train")
+    return min(n, limit) if limit else n
+
+
+def run_row(args, masks: int, method: str, seed: int) -> dict | None:
+    reason = skip_reason(masks, method, train_count(Path(args.source), args.limit))
+    if reason:
+        print(f"skip masks={masks} {method}: {reason}")
+        return None
+    work = Path(args.scratch) / f"{method.replace('+', '_')}_m{masks}_s{seed}"
+    root, _ = prepare(work, Path(args.source), args.limit, "train", "val")
+    overrides = ["semi.enabled=true", f"semi.masks={masks}", f"semi.method={method}", f"semi.seed={seed}",
+                 f"segmenter.seed={seed}", *([f"semi.epochs={args.epochs}"] if args.epochs else []), *args.set]
+    params = params_for(root, overrides)
+    start = time.perf_counter()
+    out = run_stages(["train_semi"], params, work)["train_semi"]["result"]
+    semi = params["semi"]
+    return {"masks": masks, "method": method, "seed": seed, "val_miou": out.get("val_miou"),
+            "wall_s": round(time.perf_counter() - start, 1), "val_miou_crf": out.get("val_miou_crf"),
+            "n_masks": out["n_masks"], "n_unmasked": out["n_unmasked"], "epochs": args.epochs or None,
+            "limit": args.limit, "overrides": args.set, "train_seconds": out["train_seconds"],
+            "eval_seconds": out["eval_seconds"], "step_seconds": out["step_seconds"], "steps": out["steps"],
+            "settings": {"mask_share": semi["mask_share"], "pseudo_weight": semi["pseudo_weight"],
+                         "epoch_images": out["epoch_images"], "rampup": semi["rampup"],
+                         "epochs": params["segmenter"]["epochs"] if not args.epochs else args.epochs,
+                         **({"cotraining": semi["cotraining"]} if method == "cotraining" else {}),
+                         **({"cyclegan": semi["cyclegan"], "generator_params": out.get("generator_params"),
+                             "discriminator_params": out.get("discriminator_params")} if method == "cyclegan" else {})},
+            "source": str(args.source), **host()}
+
+
+def plot(rows: list[dict], path: Path) -> Path:
+    """val mIoU against masks, one line per method (mean over seeds, bars: min to max)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    full = [r for r in rows if not r.get("limit")]
+    rows = full or rows   # quick checks (--limit) are drawn only when there is nothing else
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in METHODS:
+        by_masks: dict[int, list[float]] = {}
+        for r in rows:
+            if r["method"] == method and r.get("val_miou") is not None:
+                by_masks.setdefault(r["masks"], []).append(r["val_miou"])
+        if not by_masks:
+            continue
+        xs = sorted(by_masks)
+        means = [sum(by_masks[x]) / len(by_masks[x]) for x in xs]
+        lo = [m - min(by_masks[x]) for m, x in zip(means, xs)]
+        hi = [max(by_masks[x]) - m for m, x in zip(means, xs)]
+        ax.errorbar(xs, means, yerr=[lo, hi], marker="o", capsize=3, label=method)
+    ax.axhline(WEAK, color="grey", linestyle="--", label=f"weak default (0 masks) {WEAK}")
+    ax.axhline(REFERENCE, color="black", linestyle="--", label=f"reference (330 masks) {REFERENCE}")
+    ax.plot([33], [TARGET], marker="*", markersize=12, color="red", linestyle="none", label=f"target at 33: {TARGET}")
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xticks([0, 10, 33, 100, 330], ["0", "10", "33", "100", "330"])
+    ax.set_xlim(-1, 450)
+    ax.set_xlabel("training images with a ground-truth mask (voc2012-mini train: 330)")
+    ax.set_ylabel("val mIoU (%), no CRF")
+    ax.set_title("How many masks does a user need? (semi-supervised, train_semi)")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def log_to_mlflow(png: Path, jsonl: Path) -> None:
+    """The plot and the raw rows in one MLflow run of the project experiment, tagged semi-supervised."""
+    sys.path.insert(0, str(REPO))
+    from tracking import runs
+    try:
+        client = runs.client()
+        run = client.create_run(runs.experiment_id(client), run_name="few_masks benchmark",
+                                tags={"kind": "benchmark", "supervision": "semi"})
+        client.log_artifact(run.info.run_id, str(png), "charts")
+        if jsonl.is_file():
+            client.log_artifact(run.info.run_id, str(jsonl), "results")
+        client.set_terminated(run.info.run_id, "FINISHED")
+    except Exception as exc:   # the figure is on disk either way
+        print(f"warning: MLflow logging failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--masks", type=int, nargs="*", default=[0, 10, 33, 100, 330])
+    ap.add_argument("--methods", nargs="*", default=METHODS, choices=METHODS)
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0])
+    ap.add_argument("--epochs", type=int, default=0, help="semi.epochs (0: segmenter.epochs)")
+    ap.add_argument("--limit", type=int, default=0, help="first N train and N val images only (a quick check)")
+    ap.add_argument("--set", action="append", default=[], help="more params overrides, key=value")
+    ap.add_argument("--source", default=str(SOURCE))
+    ap.add_argument("--scratch", default="/tmp/wsss-few-masks")
+    ap.add_argument("--out", default=str(RESULTS / "few_masks.jsonl"))
+    ap.add_argument("--plot", default=str(RESULTS / "few_masks.png"))
+    ap.add_argument("--plot-only", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    # the stage runs land in the project's MLflow store (tagged supervision: semi), not the scratch folders'
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path('mlflow.db').resolve()}")
+    if not args.plot_only:
+        if Path(args.scratch).resolve().is_relative_to(Path(args.source).resolve()):
+            sys.exit(f"--scratch {args.scratch} lies inside --source {args.source}: the source is only read")
+        done = {key(r) for r in read_rows(out)}
+        for masks in args.masks:
+            for method in args.methods:
+                for seed in args.seeds:
+                    probe = {"masks": masks, "method": method, "seed": seed, "epochs": args.epochs or None,
+                             "limit": args.limit, "overrides": args.set}
+                    if key(probe) in done:
+                        print(f"have masks={masks} {method} seed {seed}: skipped")
+                        continue
+                    row = run_row(args, masks, method, seed)
+                    if row is None:
+                        continue
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    with out.open("a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    print(json.dumps({k: row[k] for k in ("masks", "method", "seed", "val_miou", "wall_s")}))
+    png = plot(read_rows(out), Path(args.plot))
+    log_to_mlflow(png, out)
+    print(f"plot: {png}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""train_semi's body: choose and record the masked images, train with the chosen method, score on
+val like the other segmenters (training/segmentation.py, train_and_score), and say plainly in the
+metrics and the MLflow run that this result used masks."""
+from __future__ import annotations
+
+import functools
+import time
+
+from config import paths
+from dataset import voc
+from models.segmenter import build_segmenter
+from semi import cotraining, cycle
+from semi.data import SemiCrops, SemiLabels, mixed_loader
+from semi.losses import Parts, supervised_batch_loss
+from semi.masks import MaskReader, choose, write_ids
+from stores import labelstore
+from stores.atomic import atomic_path, write_text
+from tracking import runs as tracking
+from tracking.outputs import write_stage_outputs
+from training import trainer
+from training.segmentation import LabelTarget, train_and_score, warm_start
+
+NAME = "semi"   # metrics/semi.json, plots/semi_*.csv, reports/semi/
+USES_PSEUDO = ("masks+pseudo", "cotraining", "cyclegan")
+
+
+def fit(semi: dict, masked: list[str], cfg: dict, root, ids: list[str], labels, n_classes: int, device, desc: str,
+        start=None):
+    """training/segmentation.train's counterpart (same call and result) for the semi methods: the
+    model to save and score (one segmenter, or the co-training ensemble), the history, and figures
+    for the metrics (how many masks, which method, the batch, the step cost)."""
+    method, chosen = semi["method"], set(masked)
+    unmasked = [] if method == "masks_only" else [i for i in ids if i not in chosen]
+    dataset = SemiCrops(root, masked, unmasked, LabelTarget(labels), cfg["crop_size"], cfg["resize_long"], cfg["seed"])
+    epoch_images = semi["epoch_images"] or len(ids)
+    loader = mixed_loader(dataset, len(unmasked), cfg, semi["mask_share"], epoch_images)
+    total_steps = cfg["epochs"] * len(loader)
+    parts, n_masked = Parts(), len(masked)
+    figures = {"enabled": True, "supervision": "semi", "method": method, "n_masks": n_masked,
+               "n_unmasked": len(unmasked), "mask_share": semi["mask_share"],
+               "pseudo_weight": semi["pseudo_weight"] if labels.pseudo is not None and unmasked else 0.0,
+               "predicts_with": "ensemble mean" if method == "cotraining" else "one segmenter"}
+    if method in ("masks_only", "masks+pseudo"):
+        model = build_segmenter(cfg, n_classes)
+        if start is not None:
+            warm_start(model, *start)
+        batch_loss = supervised_batch_loss(cfg, n_masked, semi["pseudo_weight"] if method != "masks_only" else 0.0, parts)
+    elif method == "cotraining":
+        model = cotraining.build_members(cfg, n_classes, semi["cotraining"]["members"])
+        if start is not None:
+            for member in model.members:
+                warm_start(member, *start)
+        batch_loss, subsets = cotraining.batch_loss_fn(cfg, semi, n_masked, len(dataset), total_steps, parts)
+        figures["member_masks"] = [len(s) for s in subsets]
+    elif method == "cyclegan":
+        segmenter = build_segmenter(cfg, n_classes)
+        if start is not None:
+            warm_start(segmenter, *start)
+        gan = semi["cyclegan"]
+        model = cycle.CycleModel(segmenter, n_classes, gan["size"], gan["generator_width"], gan["discriminator_width"])
+        batch_loss = cycle.batch_loss_fn(cfg, semi, n_masked, total_steps, parts)
+        figures.update(model.parameter_counts())
+    else:
+        raise ValueError(f"semi.method: unknown {method!r}")
+    began = time.perf_counter()
+    history = trainer.fit(model, loader, cfg, device, batch_loss, desc, epoch_stats=parts.epoch_stats)
+    steps = max(total_steps, 1)
+    figures.update({"step_seconds": round((time.perf_counter() - began) / steps, 3), "steps": total_steps,
+                    "world_size": 1, "batch_per_rank": cfg["batch_size"], "global_batch": cfg["batch_size"],
+                    "masked_per_batch": loader.batch_sampler.k, "epoch_images": epoch_images})
+    return (model.segmenter if method == "cyclegan" else model), history, figures
+
+
+def run(params: dict) -> dict:
+    """The enabled stage: masked ids to artifacts/semi/masked_ids.txt first, then training and scoring."""
+    semi = params["semi"]
+    seg = params["segmenter"]
+    params = {**params, "segmenter": {**seg, "epochs": semi["epochs"] or seg["epochs"]}}
+    manifest, classes, root = voc.read_manifest(paths.MANIFEST)
+    split = params["data"]["train_split"]
+    rows = voc.split_rows(manifest, split)
+    masked = choose(rows, semi["masks"], semi["seed"], split)
+    how = (f"semi.masks={semi['masks']} seed={semi['seed']}" if isinstance(semi["masks"], int)
+           else "semi.masks: a list of ids")
+    write_ids(paths.SEMI_MASKED_IDS, masked,
+              f"masked training images of train_semi ({how}, split {split!r}, {len(masked)} of {len(rows)}):\n"
+              "the only training masks it may read")
+    tracking.set_tags({"supervision": "semi", "semi.method": semi["method"], "semi.n_masks": len(masked)})
+    reader = MaskReader(root, masked, len(classes), str(paths.SEMI_MASKED_IDS))
+    pseudo = None
+    if semi["method"] in USES_PSEUDO and semi["pseudo_weight"] > 0 and len(masked) < len(rows):
+        pseudo = labelstore.read_dict(paths.PSEUDO_LABELS)
+    labels = SemiLabels(reader, pseudo, {r["id"]: (r["height"], r["width"]) for r in rows})
+    # fit's figures (method, n_masks, ...: see fit) join metrics/semi.json
+    return train_and_score(params, labels, NAME, paths.SEMI_SEGMENTER, crf=semi["crf"],
+                           fit=functools.partial(fit, semi, masked))
+
+
+def disabled() -> dict:
+    """DVC expects every declared output; say plainly that nothing was trained and no mask was read."""
+    note = "semi disabled (semi.enabled: false): nothing trained, no training mask read\n"
+    write_text(f"# {note}", paths.SEMI_MASKED_IDS)
+    write_text(note, paths.SEMI_SEGMENTER)
+    with atomic_path(paths.REPORTS / NAME) as tmp:
+        tmp.mkdir()
+        (tmp / "README.txt").write_text(note)
+    return write_stage_outputs(NAME, {"enabled": False, "supervision": "none", "n_masks": 0},
+                               plots={f"{NAME}_train.csv": "epoch,loss,seconds\n", f"{NAME}_per_class.csv": "class,iou\n"})
