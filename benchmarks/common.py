@@ -62,6 +62,34 @@ def arms_args(doc: str, arms: dict, scratch: str, seeds: list[int]):
     return args
 
 
+def copy_run(run: Path, work: Path, limit: int = 0, labels: bool = True):
+    """work/artifacts: a finished run's manifest (the first `limit` rows of each split when limit > 0)
+    and, if labels, its pseudo labels, copied (the run is only read). Returns the manifest table."""
+    import shutil
+    import pyarrow.parquet as pq
+    manifest = run / "artifacts" / "manifest.parquet"
+    if not manifest.is_file():
+        raise SystemExit(f"{manifest} not found: the source must be a finished pipeline directory")
+    table = pq.read_table(manifest)
+    if limit:
+        keep, seen = [], {}
+        for i, split in enumerate(table.column("split").to_pylist()):
+            seen[split] = seen.get(split, 0) + 1
+            if seen[split] <= limit:
+                keep.append(i)
+        table = table.take(keep)   # schema metadata (classes, root) travels with the table
+    (work / "artifacts").mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, work / "artifacts" / "manifest.parquet")
+    if labels:
+        source, target = run / "artifacts" / "pseudo_labels", work / "artifacts" / "pseudo_labels"
+        if not source.is_dir():
+            raise SystemExit(f"{source} not found: the run has no pseudo labels")
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+    return table
+
+
 def append_row(row: dict, dry_run: bool = False, name: str = "seed_methods.jsonl") -> None:
     """Print a result row and (unless dry_run) append it to benchmarks/results/<name>."""
     import json

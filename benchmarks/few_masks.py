@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, RESULTS, host, params_for, run_stages
+from common import REPO, RESULTS, copy_run, host, params_for, run_stages
 
 SOURCE = Path("/tmp/wsss-pipeline/i18_s0")
 METHODS = ["masks_only", "masks+pseudo", "cotraining", "cyclegan"]
@@ -43,22 +43,8 @@ def read_rows(path: Path) -> list[dict]:
 def prepare(work: Path, source: Path, limit: int, train_split: str, val_split: str) -> tuple[str, int]:
     """work/artifacts: the source's manifest (the first `limit` train and val images when limit > 0)
     and pseudo labels, copied; returns (data root, train images)."""
-    sys.path.insert(0, str(REPO))
-    import pyarrow as pa
-    from dataset import voc
-    from stores.atomic import write_parquet
-
-    table, _, root = voc.read_manifest(source / "artifacts/manifest.parquet")
-    if limit:
-        rows = table.to_pylist()
-        keep = [r for s in (train_split, val_split) for r in [r for r in rows if r["split"] == s][:limit]]
-        table = pa.Table.from_pylist(keep, schema=table.schema)   # the schema keeps classes and root
-    (work / "artifacts").mkdir(parents=True, exist_ok=True)
-    write_parquet(table, work / "artifacts/manifest.parquet")
-    labels = work / "artifacts/pseudo_labels"
-    if labels.exists():
-        shutil.rmtree(labels)
-    shutil.copytree(source / "artifacts/pseudo_labels", labels)
+    table = copy_run(source, work, limit)   # the manifest's splits are train and val
+    root = (table.schema.metadata or {})[b"root"].decode()
     return str(root), sum(1 for s in table.column("split").to_pylist() if s == train_split)
 
 

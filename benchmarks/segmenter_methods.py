@@ -30,10 +30,9 @@ import shutil
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import yaml
 
-from common import RESULTS, host, params_for, run_stages
+from common import RESULTS, copy_run, host, params_for, run_stages
 
 OCR_HEADS = ("ocr", "ocr_plus")
 
@@ -48,28 +47,11 @@ def prepare(run: Path, scratch: Path, labels: str, limit: int, init: str) -> Pat
     """A fresh scratch workspace with the run's manifest (the first `limit` rows of each split when
     limit > 0), its pseudo labels, and its refiner when the segmenter starts from it. Returns the
     dataset root the manifest names."""
-    manifest = run / "artifacts" / "manifest.parquet"
-    if not manifest.is_file():
-        raise SystemExit(f"{manifest} not found: --run must be a finished pipeline directory")
     if scratch.exists():
         shutil.rmtree(scratch)
-    (scratch / "artifacts").mkdir(parents=True)
-    table = pq.read_table(manifest)
-    if limit:
-        keep, seen = [], {}
-        for i, split in enumerate(table.column("split").to_pylist()):
-            seen[split] = seen.get(split, 0) + 1
-            if seen[split] <= limit:
-                keep.append(i)
-        table = table.take(keep)   # schema metadata (classes, root) travels with the table
-    pq.write_table(table, scratch / "artifacts" / "manifest.parquet")
-    if labels == "pseudo":
-        source = run / "artifacts" / "pseudo_labels"
-        if not source.is_dir():
-            raise SystemExit(f"{source} not found: the run has no pseudo labels (use --labels gt for the reference)")
-        shutil.copytree(source, scratch / "artifacts" / "pseudo_labels")
-        if init == "refiner":
-            shutil.copy2(run / "artifacts" / "refiner.pt", scratch / "artifacts" / "refiner.pt")
+    table = copy_run(run, scratch, limit, labels=labels == "pseudo")
+    if labels == "pseudo" and init == "refiner":
+        shutil.copy2(run / "artifacts" / "refiner.pt", scratch / "artifacts" / "refiner.pt")
     meta = table.schema.metadata or {}
     return Path(meta[b"root"].decode())
 
