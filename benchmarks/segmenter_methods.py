@@ -19,6 +19,10 @@ against the train split's ground-truth masks; the masks are only scored, never t
 settings unless --method), config (the overrides), seed, labels, val_miou, val_miou_crf,
 train_miou, train_seconds, eval_seconds, train_score_seconds, wall_s, date, host.
 
+--score-run trains nothing: the run's own segmenter (artifacts/segmenter.pt, trained with the
+run's settings) gets its train_miou, and its val figures come from the run's metrics/segmentation.json
+(method `baseline` unless --method; config and seed as the --set say, which must match the run).
+
 --limit N keeps the first N train and N val images (a quick check of the script, not a result:
 give --results elsewhere then).
 """
@@ -88,6 +92,7 @@ def main() -> None:
     ap.add_argument("--scratch", type=Path, default=Path("/tmp/wsss-segmethods"))
     ap.add_argument("--limit", type=int, default=0, help="first N images of each split (a check, not a result)")
     ap.add_argument("--no-train-score", action="store_true")
+    ap.add_argument("--score-run", action="store_true", help="no training: score the run's own segmenter on train")
     ap.add_argument("--results", type=Path, default=RESULTS / "seed_methods.jsonl")
     ap.add_argument("--note", default="")
     args = ap.parse_args()
@@ -104,7 +109,13 @@ def main() -> None:
     params = params_for(str(root), sets)
 
     stage, name = ("train_segmenter", "segmenter") if args.labels == "pseudo" else ("train_reference", "reference")
-    result = run_stages([stage], params, workdir)[stage]["result"]
+    if args.score_run:   # the run's segmenter as it is: its val figures from the run's metrics
+        if args.labels != "pseudo":
+            raise SystemExit("--score-run scores the run's weakly supervised segmenter: use --labels pseudo")
+        result = json.loads((args.run / "metrics" / "segmentation.json").read_text())
+        shutil.copy2(args.run / "artifacts" / "segmenter.pt", workdir / "artifacts" / "segmenter.pt")
+    else:
+        result = run_stages([stage], params, workdir)[stage]["result"]
     train_miou, score_seconds = (None, None)
     if not args.no_train_score:
         train_miou, score_seconds = train_score(workdir / "artifacts" / f"{name}.pt",
@@ -121,7 +132,7 @@ def main() -> None:
            "epochs": params["segmenter"]["epochs"], "n_train": result.get("n_train"),
            "train_seconds": result.get("train_seconds"), "eval_seconds": result.get("eval_seconds"),
            "train_score_seconds": score_seconds, "wall_s": round(time.perf_counter() - start, 1),
-           "source_run": str(args.run), "workdir": str(workdir), "limit": args.limit, "note": args.note, **host()}
+           "source_run": str(args.run), "trained_here": not args.score_run, "workdir": str(workdir), "limit": args.limit, "note": args.note, **host()}
     args.results.parent.mkdir(parents=True, exist_ok=True)
     with args.results.open("a") as f:
         f.write(json.dumps(row) + "\n")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import statistics
@@ -178,11 +177,11 @@ def main() -> None:
         raise SystemExit("set WSSS_VOC_MINI or --root (a VOC-layout dataset)")
     os.environ["WSSS_TRACKING"] = "off"
     import torch
-    from distributed import LocalCluster
 
     from commands.predict import predict_folder
     from labelling.batch import label_all
     from localization.cams import export
+    from scaleout.engine import local_cluster
     from training.checkpoints import CheckpointRef
 
     work = Path(args.work)
@@ -205,8 +204,7 @@ def main() -> None:
     def on_dask(run):
         """Time `run(params)` on a fresh LocalCluster, its start not counted (a user's cluster is up already)."""
         start = time.perf_counter()
-        cluster = LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
+        cluster = local_cluster()   # the engine's own: workers one thread each, this process's environment kept
         cluster_starts.append(round(time.perf_counter() - start, 1))
         try:
             return timed(lambda: run(params_for(str(root), [*dask_set, f"scaleout.address={cluster.scheduler_address}"])))

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from models.ensemble import Ensemble
 from models.segmenter import build_segmenter
 from semi.losses import Parts, rampup, supervised
+from training.segmentation import logits_and_aux
 
 
 def member_subsets(n_masked: int, members: int, fraction: float, seed: int) -> list[list[int]]:
@@ -93,12 +94,13 @@ def batch_loss_fn(cfg: dict, semi: dict, n_masked: int, n_total: int, total_step
     def batch_loss(model, batch):
         x, labels, index = batch
         members = list(model.members)
-        logits = [m.logits(x) for m in members]
+        outs = [logits_and_aux(m, x) for m in members]
+        logits = [lg for lg, _ in outs]
         unmasked = index >= n_masked
         sup = 0.0
-        for k, lg in enumerate(logits):
+        for k, (lg, aux) in enumerate(outs):
             on_masks, on_pseudo = supervised(cfg, lg, labels, own[k].to(index.device)[index], unmasked,
-                                             semi["pseudo_weight"])
+                                             semi["pseudo_weight"], aux)
             sup = sup + on_masks + semi["pseudo_weight"] * on_pseudo
         agree = jensen_shannon(logits)
         ramp = rampup(step[0], total_steps, semi["rampup"])

@@ -27,6 +27,7 @@ from torch.func import functional_call
 
 from scoring.metrics import IGNORE
 from semi.losses import Parts, part_loss, rampup, supervised
+from training.segmentation import logits_and_aux
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -117,8 +118,8 @@ def losses(model: CycleModel, cfg: dict, semi: dict, x: torch.Tensor, labels: to
     """Every term of one step, by name (before weights): sup_masks, sup_pseudo, gen_paired,
     adv_segmenter, adv_generator, cycle_image, cycle_mask, and the discriminators' d_image, d_mask."""
     s = model.segmenter
-    logits = s.logits(x)
-    sup_masks, sup_pseudo = supervised(cfg, logits, labels, masked, ~masked, semi["pseudo_weight"])
+    logits, aux = logits_and_aux(s, x)
+    sup_masks, sup_pseudo = supervised(cfg, logits, labels, masked, ~masked, semi["pseudo_weight"], aux)
     small_x = model.small_images(x)
     probs = model.small_probs(logits)
     out = {"sup_masks": sup_masks, "sup_pseudo": sup_pseudo,

@@ -7,31 +7,32 @@ from collections import defaultdict
 
 import torch
 
-from models.registry import LOSSES
 from scoring.metrics import IGNORE
-from training.segmentation import loss_grid
+from training.segmentation import label_loss, logits_and_aux
 
 
-def part_loss(cfg: dict, logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """segmenter.loss (the registry's, 255 ignored, every loss_stride-th pixel, as train_segmenter
-    takes it) over the batch images where `keep` is true; 0 (with a graph) when none has a label."""
+def part_loss(cfg: dict, logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor,
+              aux: torch.Tensor | None = None) -> torch.Tensor:
+    """train_segmenter's loss (training/segmentation.label_loss: segmenter.loss with its settings, 255
+    ignored, every loss_stride-th pixel, an ocr head's auxiliary logits `aux` included) over the batch
+    images where `keep` is true; 0 (with a graph) when none of them has a labelled pixel there."""
     zero = logits.sum() * 0.0
     if not bool(keep.any()):
         return zero
-    grid_logits, grid_labels = loss_grid(logits[keep], labels[keep], cfg["loss_stride"])
-    if not bool((grid_labels != IGNORE).any()):
+    stride = cfg["loss_stride"]
+    if not bool((labels[keep][:, stride // 2::stride, stride // 2::stride] != IGNORE).any()):
         return zero
-    loss = LOSSES.get(cfg.get("loss", "cross_entropy"), "segmenter.loss")
-    return loss(grid_logits, grid_labels.contiguous(), drop=cfg.get("loss_drop", 0.0), ignore_index=IGNORE)
+    return label_loss(cfg)(logits[keep], None if aux is None else aux[keep], labels[keep])
 
 
 def supervised(cfg: dict, logits: torch.Tensor, labels: torch.Tensor, masked: torch.Tensor,
-               unmasked: torch.Tensor, pseudo_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+               unmasked: torch.Tensor, pseudo_weight: float,
+               aux: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss on the masked images, loss on the unmasked images' pseudo labels), each a mean over its
     own labelled pixels, so the batch's share of masked images (semi.mask_share) sets how much the
     masks count; the pseudo part is 0 when pseudo_weight is."""
-    on_masks = part_loss(cfg, logits, labels, masked)
-    on_pseudo = part_loss(cfg, logits, labels, unmasked) if pseudo_weight > 0 else logits.sum() * 0.0
+    on_masks = part_loss(cfg, logits, labels, masked, aux)
+    on_pseudo = part_loss(cfg, logits, labels, unmasked, aux) if pseudo_weight > 0 else logits.sum() * 0.0
     return on_masks, on_pseudo
 
 
@@ -68,7 +69,8 @@ def supervised_batch_loss(cfg: dict, n_masked: int, pseudo_weight: float, parts:
     def batch_loss(model, batch):
         x, labels, index = batch
         masked = index < n_masked
-        on_masks, on_pseudo = supervised(cfg, model.logits(x), labels, masked, ~masked, pseudo_weight)
+        logits, aux = logits_and_aux(model, x)
+        on_masks, on_pseudo = supervised(cfg, logits, labels, masked, ~masked, pseudo_weight, aux)
         parts.add(loss_masks=on_masks.detach(), loss_pseudo=on_pseudo.detach())
         return on_masks + pseudo_weight * on_pseudo
     return batch_loss

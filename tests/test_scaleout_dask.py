@@ -2,7 +2,6 @@
 stage converted to chunks writes byte-identical files and equal metrics (timings aside) on a Dask
 LocalCluster; a worker killed mid-chunk costs a retry, not a file. The tiny demo pipeline of
 tests/test_pipeline_dvc.py, shards of 2 images so each stage has several chunks."""
-import logging
 import os
 import shutil
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 
 from config.params import ParamsError, load
 from flows import dvc_commands
-from scaleout.engine import KILL_ONCE_ENV, EngineError
+from scaleout.engine import KILL_ONCE_ENV, EngineError, local_cluster
 from stores.atomic import PARTIAL
 from tests.conftest import REPO
 from tests.test_pipeline_dvc import SMALL
@@ -51,12 +50,13 @@ def metrics(root: Path, stage: str) -> dict:
 def cluster(tmp_path_factory):
     """(scheduler address, kill marker): a worker whose process finds the marker gone dies in its
     next file write (scaleout/engine.py, the test hook); the marker exists, so none does yet."""
-    from distributed import LocalCluster
     marker = tmp_path_factory.mktemp("kill") / "killed"
     marker.touch()
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      silence_logs=logging.ERROR, env={KILL_ONCE_ENV: str(marker)}) as c:
+    c = local_cluster(2, env={KILL_ONCE_ENV: str(marker)})
+    try:
         yield c.scheduler_address, marker
+    finally:
+        c.close()
 
 
 def run(work: Path, stage: str, *extra: str) -> dict:
@@ -147,9 +147,17 @@ def test_dask_killed_worker_retries_its_chunk_and_leaves_no_temporaries(work, cl
 def test_dask_engine_starts_a_local_cluster_when_no_address_is_given():
     from scaleout.engine import open_engine
     cfg = load(REPO / "params.yaml", ["scaleout.engine=dask", "scaleout.workers=1"])["scaleout"]
+    before = dict(os.environ)
     with open_engine(cfg) as engine:
         assert engine.cluster is not None and engine.workers == 1
         assert list(engine.run(lambda task, imap: sum(imap(abs, task)), [[-1, 2], [-3]])) == [3, 3]
+        # this process keeps its environment (the nannies set theirs here too), so a later local
+        # stage's process pool does not get 1-thread torch and glibc trimming from them
+        assert dict(os.environ) == before
+        worker_env = list(engine.client.run(lambda: dict(os.environ)).values())[0]
+        assert worker_env["OMP_NUM_THREADS"] == "1"          # one torch thread per worker, as designed
+        assert "MALLOC_TRIM_THRESHOLD_" not in worker_env   # 20% slower CRF labelling with it
+    assert dict(os.environ) == before
 
 
 def test_dask_refuses_prm_export_with_a_clear_error(work):

@@ -286,3 +286,30 @@ def test_loss_windows_are_validated(value, message):
     with pytest.raises(ParamsError) as err:
         validate(raw, [f"segmenter.loss_windows={value}"])
     assert str(err.value) == message
+
+
+# ---------------------------------------------------------------- the same loss in semi-supervised training
+
+def test_semi_training_takes_the_segmenter_loss_with_its_head_and_options():
+    """semi/ trains with label_loss: an ocr head's auxiliary logits count there too, and a loss's own
+    options (locally_adaptive has no `drop`) reach it, as they do in train_segmenter."""
+    from semi.losses import Parts, supervised_batch_loss
+
+    torch.manual_seed(0)
+    model = build_segmenter(CFG, 3).train()
+    x = torch.randn(4, 3, 32, 32)
+    labels = torch.randint(0, 3, (4, 32, 32))
+    labels[1, :8] = 255
+    batch = (x, labels, torch.tensor([0, 1, 5, 6]))            # two masked images (index < 2), two pseudo
+    plain = segmentation_loss(CFG)(model, (x, labels))
+
+    def semi_loss(**change):
+        with torch.no_grad():
+            return supervised_batch_loss({**CFG, **change}, 2, 1.0, Parts())(model, batch)
+
+    without_aux = semi_loss(aux_weight=0.0)
+    assert float(semi_loss()) > float(without_aux) + 1e-4      # the ocr region head is supervised
+    assert float(plain.detach()) > 0
+    for loss in ("locally_adaptive", "small_loss_ce"):         # each loss with its own options
+        value = semi_loss(loss=loss)
+        assert torch.isfinite(value) and float(value) > 0

@@ -71,22 +71,36 @@ def loss_options(loss: Callable, cfg: dict) -> dict:
     return {name: cfg[f"loss_{name}"] for name in names if f"loss_{name}" in cfg and name != "ignore_index"}
 
 
-def segmentation_loss(cfg: dict) -> Callable:
-    """batch_loss(model, batch) for the trainer: cfg["loss"] from the LOSSES registry, 255 ignored,
-    taken every cfg["loss_stride"] pixels. A head with auxiliary logits (ocr: its soft object
-    regions) adds cfg["aux_weight"] x the same loss of those, against the same labels."""
+def logits_and_aux(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's logits and, for a head that has them (ocr: its soft object regions), auxiliary logits."""
+    return model.logits_and_aux(x) if hasattr(model, "logits_and_aux") else (model.logits(x), None)
+
+
+def label_loss(cfg: dict) -> Callable:
+    """value(logits, aux, labels): cfg["loss"] from the LOSSES registry with its own settings, 255
+    ignored, taken every cfg["loss_stride"] pixels, plus cfg["aux_weight"] x the same loss of the
+    auxiliary logits (None: none) against the same labels. Every segmenter-side trainer uses it
+    (train_segmenter, train_reference, semi/), so a head or loss option works in all of them."""
     loss = LOSSES.get(cfg.get("loss", "cross_entropy"), "segmenter.loss")
     options, stride, aux_weight = loss_options(loss, cfg), cfg["loss_stride"], cfg.get("aux_weight", 0.4)
 
+    def value(out: torch.Tensor, aux: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+        logits, grid = loss_grid(out, labels, stride)
+        total = loss(logits, grid.contiguous(), ignore_index=IGNORE, **options)
+        if aux is not None and aux_weight > 0:
+            total = total + aux_weight * loss(loss_grid(aux, labels, stride)[0], grid.contiguous(),
+                                              ignore_index=IGNORE, **options)
+        return total
+    return value
+
+
+def segmentation_loss(cfg: dict) -> Callable:
+    """batch_loss(model, batch) for the trainer: label_loss of the model's logits (and auxiliary logits)."""
+    value = label_loss(cfg)
+
     def batch_loss(model, batch):
         x, labels = batch
-        out, aux = model.logits_and_aux(x) if hasattr(model, "logits_and_aux") else (model.logits(x), None)
-        logits, grid = loss_grid(out, labels, stride)
-        value = loss(logits, grid.contiguous(), ignore_index=IGNORE, **options)
-        if aux is not None and aux_weight > 0:
-            value = value + aux_weight * loss(loss_grid(aux, labels, stride)[0], grid.contiguous(),
-                                              ignore_index=IGNORE, **options)
-        return value
+        return value(*logits_and_aux(model, x), labels)
     return batch_loss
 
 
