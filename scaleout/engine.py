@@ -5,9 +5,9 @@ partial statistics, in task order. `imap(fn, jobs)` is how a chunk spreads per-i
 - local (the default, as shipped): the chunks run one after another in this process (the
   network uses every core through torch's threads), and `imap` is a pool of spawned processes
   (all cores; at most two images per process in flight, so memory stays flat);
-- dask: each chunk is a task on a Dask cluster, a LocalCluster here (processes, one thread each)
-  or the scheduler at `address`; on a worker `imap` is the plain `map`: the workers are the
-  parallelism. A chunk that raised is retried `retries` times; one whose worker died (killed,
+- dask: each chunk is a task on a Dask cluster, a LocalCluster here (cores // worker_threads
+  processes) or the scheduler at `address`; a worker runs one chunk at a time with `worker_threads`
+  torch threads, and its `imap` is the plain `map`: the workers are the parallelism. A chunk that raised is retried `retries` times; one whose worker died (killed,
   out of memory) is rescheduled by the scheduler up to `retries` times (allowed-failures).
 
 distributed.Client is used directly, not through prefect-dask: stages also run without Prefect
@@ -102,9 +102,12 @@ def _die_once(tmp) -> None:
     os._exit(17)
 
 
-def _on_worker(fn: Callable, task: Any) -> Any:
+def _on_worker(fn: Callable, threads: int, task: Any) -> Any:
     global _ON_WORKER
     _ON_WORKER = True
+    import torch
+    if torch.get_num_threads() != threads:   # a worker runs one chunk at a time: its torch gets `threads`
+        torch.set_num_threads(threads)
     if os.environ.get(KILL_ONCE_ENV):
         atomic.before_rename = _die_once
     return fn(task, map)
@@ -157,6 +160,7 @@ class DaskEngine:
         from distributed import Client
 
         self.retries, self.chunk_size, self.cluster = cfg["retries"], cfg["chunk_size"], None
+        self.threads = cfg.get("worker_threads", 1)
         # a killed worker's task is rescheduled this often before the stage fails (KilledWorker)
         with dask.config.set({"distributed.scheduler.allowed-failures": cfg["retries"]}):
             if cfg["address"]:
@@ -166,7 +170,7 @@ class DaskEngine:
                     raise EngineError(f"scaleout.address: cannot reach the Dask scheduler at {cfg['address']} "
                                       f"({exc})") from None
             else:
-                self.cluster = local_cluster(cfg["workers"], gpu)
+                self.cluster = local_cluster(cfg["workers"] or max(1, (os.cpu_count() or 1) // self.threads), gpu)
                 self.client = Client(self.cluster.scheduler_address, set_as_default=False)
         workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
         self.workers = len(workers)
@@ -184,7 +188,7 @@ class DaskEngine:
 
     def run(self, fn: Callable, tasks: list, desc: str = "", gpu: bool = False) -> Iterator:
         """Results in task order; the first chunk that fails for good stops the stage."""
-        futures = self.client.map(functools.partial(_on_worker, fn), tasks, retries=self.retries, pure=False,
+        futures = self.client.map(functools.partial(_on_worker, fn, self.threads), tasks, retries=self.retries, pure=False,
                                   resources={"GPU": 1} if gpu else None)
         from distributed import KilledWorker
         try:

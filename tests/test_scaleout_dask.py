@@ -160,6 +160,26 @@ def test_dask_engine_starts_a_local_cluster_when_no_address_is_given():
     assert dict(os.environ) == before
 
 
+def test_dask_workers_run_torch_with_worker_threads():
+    """scaleout.worker_threads: each worker's torch threads (a chunk at a time per worker), and a
+    LocalCluster of cores // worker_threads workers unless scaleout.workers says otherwise."""
+    from scaleout.engine import open_engine
+
+    def threads(task, imap):
+        import torch
+        return torch.get_num_threads()
+
+    for width, workers in ((1, 2), (2, 1)):
+        cfg = load(REPO / "params.yaml", ["scaleout.engine=dask", f"scaleout.workers={workers}",
+                                          f"scaleout.worker_threads={width}"])["scaleout"]
+        with open_engine(cfg) as engine:
+            assert engine.workers == workers
+            assert list(engine.run(threads, [0, 1, 2])) == [width] * 3
+    cfg = load(REPO / "params.yaml", ["scaleout.engine=dask", "scaleout.worker_threads=2"])["scaleout"]
+    with mock.patch("os.cpu_count", return_value=4), open_engine(cfg) as engine:
+        assert engine.workers == 2                     # 4 cores // 2 threads
+
+
 def test_dask_refuses_prm_export_with_a_clear_error(work):
     with pytest.raises(EngineError, match="maps.method prm runs on scaleout.engine local only"):
         run(work, "export_maps", "maps.method=prm", "scaleout.engine=dask")
