@@ -183,7 +183,7 @@ def main() -> None:
     from commands.predict import predict_folder
     from labelling.batch import label_all
     from localization.cams import export
-    from scaleout.engine import local_cluster
+    from scaleout.engine import default_workers, local_cluster
     from training.checkpoints import CheckpointRef
 
     work = Path(args.work)
@@ -207,7 +207,7 @@ def main() -> None:
         """Time `run(params)` on a fresh LocalCluster of cores // threads workers with `threads` torch
         threads each (scaleout.worker_threads), its start not counted (a user's cluster is up already)."""
         start = time.perf_counter()
-        cluster = local_cluster(max(1, (os.cpu_count() or 1) // threads))   # the engine's own LocalCluster
+        cluster = local_cluster(threads=threads)   # the engine's own LocalCluster
         cluster_starts.append(round(time.perf_counter() - start, 1))
         try:
             return timed(lambda: run(params_for(str(root), [*dask_set, f"scaleout.worker_threads={threads}",
@@ -218,32 +218,36 @@ def main() -> None:
     on = {"local": base}
     wide = os.cpu_count() or 1   # dask_wide (torch stages): one worker with every core's thread
     files = [work / "predict_in" / f"{r['id']}.jpg" for r in rows]
+
+    def export_maps(p: dict) -> None:
+        export(CheckpointRef(str(paths.CLASSIFIER.resolve()), "cpu"), p, paths.MAPS, "maps")
+
+    def predict(p: dict) -> None:
+        predict_folder(work / "predict_in", work / "predicted", paths.SEGMENTER, "cpu",
+                       precision=base["segmenter"]["precision"], overwrite=True, scaleout=p["scaleout"])
+
+    def labels(p: dict) -> None:
+        label_all(p, paths.MAPS, paths.PSEUDO_LABELS, "pseudo_labels")
+
     n = len(rows)
     variants = {
         "map_export": {
             "naive": lambda: naive_maps(rows, root, base["maps"], work / "naive_maps"),
-            "shipped": lambda: export(CheckpointRef(str(paths.CLASSIFIER.resolve()), "cpu"), on["local"], paths.MAPS, "maps"),
-            "dask": lambda: on_dask(lambda p: export(CheckpointRef(str(paths.CLASSIFIER.resolve()), "cpu"), p, paths.MAPS, "maps")),
-            "dask_wide": lambda: on_dask(lambda p: export(CheckpointRef(str(paths.CLASSIFIER.resolve()), "cpu"), p,
-                                                          paths.MAPS, "maps"), wide),
+            "shipped": lambda: export_maps(on["local"]),
+            "dask": lambda: on_dask(export_maps),
+            "dask_wide": lambda: on_dask(export_maps, wide),
             "bare_forward": None,
         },
         "pseudo_labels": {
             "naive": lambda: naive_labels(base, root, work / "naive_labels"),
-            "shipped": lambda: label_all(on["local"], paths.MAPS, paths.PSEUDO_LABELS, "pseudo_labels"),
-            "dask": lambda: on_dask(lambda p: label_all(p, paths.MAPS, paths.PSEUDO_LABELS, "pseudo_labels")),
+            "shipped": lambda: labels(on["local"]),
+            "dask": lambda: on_dask(labels),
         },
         "predict": {
             "naive": lambda: naive_predict(files, work / "naive_predict"),
-            "shipped": lambda: predict_folder(work / "predict_in", work / "predicted", paths.SEGMENTER, "cpu",
-                                              precision=base["segmenter"]["precision"], overwrite=True,
-                                              scaleout=on["local"]["scaleout"]),
-            "dask": lambda: on_dask(lambda p: predict_folder(work / "predict_in", work / "predicted", paths.SEGMENTER, "cpu",
-                                                             precision=base["segmenter"]["precision"], overwrite=True,
-                                                             scaleout=p["scaleout"])),
-            "dask_wide": lambda: on_dask(lambda p: predict_folder(work / "predict_in", work / "predicted", paths.SEGMENTER,
-                                                                  "cpu", precision=base["segmenter"]["precision"],
-                                                                  overwrite=True, scaleout=p["scaleout"]), wide),
+            "shipped": lambda: predict(on["local"]),
+            "dask": lambda: on_dask(predict),
+            "dask_wide": lambda: on_dask(predict, wide),
         },
     }
     settings = {"images": n, "repeats": args.repeats, "images_per_chunk": chunk, "dataset": str(root), "cluster_start_s": cluster_starts,
@@ -275,7 +279,7 @@ def main() -> None:
                 if variant.startswith("dask"):
                     row["ratio_vs_shipped"] = round(ips[variant] / ips["shipped"], 2)
                     row["worker_threads"] = wide if variant == "dask_wide" else 1
-                    row["dask_workers"] = max(1, (os.cpu_count() or 1) // row["worker_threads"])
+                    row["dask_workers"] = default_workers(row["worker_threads"])
                 if variant == "bare_forward":
                     row["shipped_time_over_bare"] = round(ips["bare_forward"] / ips["shipped"], 2)
                 out_rows.append({**row, **settings})

@@ -7,8 +7,8 @@ partial statistics, in task order. `imap(fn, jobs)` is how a chunk spreads per-i
   (all cores; at most two images per process in flight, so memory stays flat);
 - dask: each chunk is a task on a Dask cluster, a LocalCluster here (cores // worker_threads
   processes) or the scheduler at `address`; a worker runs one chunk at a time with `worker_threads`
-  torch threads, and its `imap` is the plain `map`: the workers are the parallelism. A chunk that raised is retried `retries` times; one whose worker died (killed,
-  out of memory) is rescheduled by the scheduler up to `retries` times (allowed-failures).
+  torch threads, and its `imap` is the plain `map`: the workers are the parallelism. A chunk that
+  raised is retried `retries` times; one whose worker died (killed, out of memory) is rescheduled by the scheduler up to `retries` times (allowed-failures).
 
 distributed.Client is used directly, not through prefect-dask: stages also run without Prefect
 (`python -m tasks`, `dvc repro`) and must not import it.
@@ -120,14 +120,14 @@ class _LocalCluster:
     every worker (re)start, as distributed documents; the process pool of a later local stage would
     inherit it (1-thread torch, glibc trimming). It is put back after the start and at close."""
 
-    def __init__(self, workers: int, gpu: bool, env: dict | None):
+    def __init__(self, workers: int, threads: int, gpu: bool, env: dict | None):
         from distributed import LocalCluster
         import dask
 
         self._environ = dict(os.environ)
         try:   # workers one thread each: a torch network per process, no oversubscription
             with dask.config.set(WORKER_ENV):
-                self.cluster = LocalCluster(n_workers=workers or os.cpu_count() or 1, threads_per_worker=1,
+                self.cluster = LocalCluster(n_workers=workers or default_workers(threads), threads_per_worker=1,
                                             processes=True, dashboard_address=":0", silence_logs=logging.ERROR,
                                             resources={"GPU": 1} if gpu else None, env=env)
         finally:
@@ -144,10 +144,16 @@ class _LocalCluster:
         self._restore()   # a restarted worker set it again
 
 
-def local_cluster(workers: int = 0, gpu: bool = False, env: dict | None = None) -> _LocalCluster:
+def default_workers(threads: int) -> int:
+    """A LocalCluster's workers when scaleout.workers is 0: the cores, `threads` (worker_threads) each."""
+    return max(1, (os.cpu_count() or 1) // threads)
+
+
+def local_cluster(workers: int = 0, threads: int = 1, gpu: bool = False, env: dict | None = None) -> _LocalCluster:
     """The LocalCluster engine dask starts when params give no address (benchmarks and tests start the
-    same one; env: more worker environment): its scheduler_address for a Client, close() stops it."""
-    return _LocalCluster(workers, gpu, env)
+    same one; workers 0: default_workers(threads); env: more worker environment): its
+    scheduler_address for a Client, close() stops it."""
+    return _LocalCluster(workers, threads, gpu, env)
 
 
 class DaskEngine:
@@ -170,7 +176,7 @@ class DaskEngine:
                     raise EngineError(f"scaleout.address: cannot reach the Dask scheduler at {cfg['address']} "
                                       f"({exc})") from None
             else:
-                self.cluster = local_cluster(cfg["workers"] or max(1, (os.cpu_count() or 1) // self.threads), gpu)
+                self.cluster = local_cluster(cfg["workers"], self.threads, gpu)
                 self.client = Client(self.cluster.scheduler_address, set_as_default=False)
         workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
         self.workers = len(workers)

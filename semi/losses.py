@@ -8,7 +8,7 @@ from collections import defaultdict
 import torch
 
 from scoring.metrics import IGNORE
-from training.segmentation import label_loss, logits_and_aux
+from training.segmentation import grid_labels, label_loss, logits_and_aux
 
 
 def part_loss(cfg: dict, logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor,
@@ -19,8 +19,7 @@ def part_loss(cfg: dict, logits: torch.Tensor, labels: torch.Tensor, keep: torch
     zero = logits.sum() * 0.0
     if not bool(keep.any()):
         return zero
-    stride = cfg["loss_stride"]
-    if not bool((labels[keep][:, stride // 2::stride, stride // 2::stride] != IGNORE).any()):
+    if not bool((grid_labels(labels[keep], cfg["loss_stride"]) != IGNORE).any()):
         return zero
     return label_loss(cfg)(logits[keep], None if aux is None else aux[keep], labels[keep])
 
