@@ -37,6 +37,31 @@ def run_stages(stages: list[str], params: dict, workdir: Path) -> dict:
     return out
 
 
+def train_score(checkpoint: Path, manifest: Path, params: dict, exclude=()) -> tuple[float | None, float]:
+    """(mIoU of the trained network's predictions on the train split against its ground-truth masks,
+    seconds): val's inference settings, no CRF. Scoring only. `exclude`: ids left out (a semi run's
+    masked images, which it trained on)."""
+    import torch
+
+    from dataset import voc
+    from scoring.metrics import summary
+    from training import checkpoints
+    from training.runtime import resolve_device
+    from training.segmentation import evaluate
+
+    start = time.perf_counter()
+    cfg = params["segmenter"]
+    device = resolve_device(cfg["device"])
+    model, _ = checkpoints.load(checkpoint, device)
+    table, classes, root = voc.read_manifest(manifest)
+    skip = set(exclude)
+    rows = [r for r in voc.split_rows(table, params["data"]["train_split"]) if r["id"] not in skip]
+    with torch.no_grad():
+        plain, _, _ = evaluate(model, root, rows, len(classes), cfg, device, crf=False)
+    miou = summary(plain, classes)["miou"] if plain.sum() else None
+    return miou, round(time.perf_counter() - start, 1)
+
+
 def write_lines(name: str, lines: list[str]) -> Path:
     """benchmarks/results/<name>: the table a benchmark printed, one line each."""
     RESULTS.mkdir(parents=True, exist_ok=True)

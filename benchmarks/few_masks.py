@@ -25,10 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-from common import REPO, RESULTS, copy_run, host, params_for, run_stages
+from common import REPO, RESULTS, copy_run, host, params_for, run_stages, train_score
 
 SOURCE = Path("/tmp/wsss-pipeline/i18_s0")
-METHODS = ["masks_only", "masks+pseudo", "cotraining", "cyclegan"]
+METHODS = ["masks_only", "masks+pseudo", "dual_branch", "cotraining", "cyclegan"]
 WEAK, REFERENCE, TARGET = 41.16, 54.5, 47.0   # val mIoU: weak default, reference (330 masks), issue 20's target at 33
 
 
@@ -53,7 +53,7 @@ def skip_reason(masks: int, method: str, n_train: int) -> str | None:
         return f"only {n_train} train images"
     if masks == 0 and method in ("masks_only", "cyclegan"):
         return "needs masks"
-    if masks == n_train and method == "masks+pseudo":
+    if masks == n_train and method in ("masks+pseudo", "dual_branch"):
         return "every image masked: the masks_only run"
     return None
 
@@ -77,8 +77,16 @@ def run_row(args, masks: int, method: str, seed: int) -> dict | None:
     start = time.perf_counter()
     out = run_stages(["train_semi"], params, work)["train_semi"]["result"]
     semi = params["semi"]
+    train_miou, score_seconds = None, None
+    if not args.no_train_score:   # the unmasked train images only: the masked ones were trained on
+        from semi.masks import read_ids
+        masked = read_ids(work / "artifacts/semi/masked_ids.txt")
+        train_miou, score_seconds = train_score(work / "artifacts/semi/segmenter.pt", work / "artifacts/manifest.parquet",
+                                                params, exclude=masked)
     return {"masks": masks, "method": method, "seed": seed, "val_miou": out.get("val_miou"),
             "wall_s": round(time.perf_counter() - start, 1), "val_miou_crf": out.get("val_miou_crf"),
+            "train_miou": train_miou, "train_score_seconds": score_seconds,
+            "train_miou_scored_on": "the unmasked train images' ground-truth masks (val inference settings, no CRF)",
             "n_masks": out["n_masks"], "n_unmasked": out["n_unmasked"], "epochs": args.epochs or None,
             "limit": args.limit, "overrides": args.set, "train_seconds": out["train_seconds"],
             "eval_seconds": out["eval_seconds"], "step_seconds": out["step_seconds"], "steps": out["steps"],
@@ -159,6 +167,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS / "few_masks.jsonl"))
     ap.add_argument("--plot", default=str(RESULTS / "few_masks.png"))
     ap.add_argument("--plot-only", action="store_true")
+    ap.add_argument("--no-train-score", action="store_true", help="skip scoring the unmasked train images")
     args = ap.parse_args()
     out = Path(args.out)
     # the stage runs land in the project's MLflow store (tagged supervision: semi), not the scratch folders'

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from common import RESULTS, copy_run, host, params_for, run_stages
+from common import RESULTS, copy_run, host, params_for, run_stages, train_score
 
 OCR_HEADS = ("ocr", "ocr_plus")
 
@@ -58,29 +58,6 @@ def prepare(run: Path, scratch: Path, labels: str, limit: int, init: str) -> Pat
         shutil.copy2(run / "artifacts" / "refiner.pt", scratch / "artifacts" / "refiner.pt")
     meta = table.schema.metadata or {}
     return Path(meta[b"root"].decode())
-
-
-def train_score(checkpoint: Path, manifest: Path, params: dict) -> tuple[float | None, float]:
-    """(mIoU of the trained network's predictions on the train split against its ground-truth masks,
-    seconds): val's inference settings, no CRF. Scoring only."""
-    import torch
-
-    from dataset import voc
-    from scoring.metrics import summary
-    from training import checkpoints
-    from training.runtime import resolve_device
-    from training.segmentation import evaluate
-
-    start = time.perf_counter()
-    cfg = params["segmenter"]
-    device = resolve_device(cfg["device"])
-    model, _ = checkpoints.load(checkpoint, device)
-    table, classes, root = voc.read_manifest(manifest)
-    rows = voc.split_rows(table, params["data"]["train_split"])
-    with torch.no_grad():
-        plain, _, _ = evaluate(model, root, rows, len(classes), cfg, device, crf=False)
-    miou = summary(plain, classes)["miou"] if plain.sum() else None
-    return miou, round(time.perf_counter() - start, 1)
 
 
 def main() -> None:

@@ -385,7 +385,7 @@ class Semi(Section):
     enabled: bool = False
     masks: Annotated[Any, AfterValidator(_mask_choice)] = 33   # a count (seeded choice) or a list of ids
     seed: int = Field(0, ge=0)                                 # which images a count chooses
-    method: Literal["masks_only", "masks+pseudo", "cotraining", "cyclegan"] = "masks+pseudo"
+    method: Literal["masks_only", "masks+pseudo", "dual_branch", "cotraining", "cyclegan"] = "masks+pseudo"
     mask_share: float = Field(0.5, gt=0.0, le=1.0)   # share of each batch drawn from the masked images
     pseudo_weight: Weight = 1.0                      # loss weight of the unmasked images' pseudo labels (0: unread)
     epochs: int = Field(0, ge=0, le=1000)            # 0: segmenter.epochs
@@ -402,8 +402,8 @@ class Semi(Section):
             why = "trains on the masks alone" if self.method == "masks_only" else \
                 "learns its mask discriminator and mask cycle from the real masks"
             raise _invalid(f"is 0, but semi.method {self.method} {why}: give it masks", "masks")
-        if self.method == "masks+pseudo" and self.pseudo_weight == 0:
-            raise _invalid("is 0, but semi.method masks+pseudo trains on the pseudo labels: use masks_only "
+        if self.method in ("masks+pseudo", "dual_branch") and self.pseudo_weight == 0:
+            raise _invalid(f"is 0, but semi.method {self.method} trains on the pseudo labels: use masks_only "
                            "(or a weight > 0)", "pseudo_weight")
         return self
 

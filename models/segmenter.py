@@ -87,15 +87,23 @@ class Segmenter(nn.Module):
         """(class logits at the head's own stride, the head's auxiliary logits or None), for images
         in 0..255. Heads with an auxiliary output (ocr: its soft object regions) have
         `forward_with_aux`; the training loss supervises both (training/segmentation.py)."""
+        return self.head_outputs(self.head, self.head_inputs(images))
+
+    def head_inputs(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What a head takes, for images in 0..255: the backbone's features (and, for a head with a
+        decoder, the low-level ones). Split out so a second head (semi/dual.py) shares the pass."""
         x = (images / 255.0 - self.mean) / self.std
         if self.low_level_stride:
             low, high = self.backbone.forward_levels(x, self.low_level_stride)
-            inputs = (high, low)
-        else:
-            inputs = (self.backbone(x),)
-        if hasattr(self.head, "forward_with_aux"):
-            return self.head.forward_with_aux(*inputs)
-        return self.head(*inputs), None
+            return high, low
+        return (self.backbone(x),)
+
+    @staticmethod
+    def head_outputs(head: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, auxiliary logits or None) of `head` on head_inputs."""
+        if hasattr(head, "forward_with_aux"):
+            return head.forward_with_aux(*inputs)
+        return head(*inputs), None
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits at the head's own stride, for images in 0..255 (inference: no auxiliary output)."""

@@ -9,7 +9,7 @@ import time
 from config import paths
 from dataset import voc
 from models.segmenter import build_segmenter
-from semi import cotraining, cycle
+from semi import cotraining, cycle, dual
 from semi.data import SemiCrops, SemiLabels, mixed_loader
 from semi.losses import Parts, supervised_batch_loss
 from semi.masks import MaskReader, choose, write_ids
@@ -21,7 +21,7 @@ from training import trainer
 from training.segmentation import LabelTarget, train_and_score, warm_start
 
 NAME = "semi"   # metrics/semi.json, plots/semi_*.csv, reports/semi/
-USES_PSEUDO = ("masks+pseudo", "cotraining", "cyclegan")
+USES_PSEUDO = ("masks+pseudo", "dual_branch", "cotraining", "cyclegan")
 
 
 def fit(semi: dict, masked: list[str], cfg: dict, root, ids: list[str], labels, n_classes: int, device, desc: str,
@@ -39,12 +39,19 @@ def fit(semi: dict, masked: list[str], cfg: dict, root, ids: list[str], labels, 
     figures = {"enabled": True, "supervision": "semi", "method": method, "n_masks": n_masked,
                "n_unmasked": len(unmasked), "mask_share": semi["mask_share"],
                "pseudo_weight": semi["pseudo_weight"] if labels.pseudo is not None and unmasked else 0.0,
-               "predicts_with": "ensemble mean" if method == "cotraining" else "one segmenter"}
+               "predicts_with": {"cotraining": "ensemble mean", "dual_branch": "the strong (masks') head"}.get(
+                   method, "one segmenter")}
     if method in ("masks_only", "masks+pseudo"):
         model = build_segmenter(cfg, n_classes)
         if start is not None:
             warm_start(model, *start)
         batch_loss = supervised_batch_loss(cfg, n_masked, semi["pseudo_weight"] if method != "masks_only" else 0.0, parts)
+    elif method == "dual_branch":
+        segmenter = build_segmenter(cfg, n_classes)
+        if start is not None:
+            warm_start(segmenter, *start)
+        model = dual.DualBranch(segmenter)
+        batch_loss = dual.batch_loss_fn(cfg, n_masked, semi["pseudo_weight"], parts)
     elif method == "cotraining":
         model = cotraining.build_members(cfg, n_classes, semi["cotraining"]["members"])
         if start is not None:
@@ -68,7 +75,7 @@ def fit(semi: dict, masked: list[str], cfg: dict, root, ids: list[str], labels, 
     figures.update({"step_seconds": round((time.perf_counter() - began) / steps, 3), "steps": total_steps,
                     "world_size": 1, "batch_per_rank": cfg["batch_size"], "global_batch": cfg["batch_size"],
                     "masked_per_batch": loader.batch_sampler.k, "epoch_images": epoch_images})
-    return (model.segmenter if method == "cyclegan" else model), history, figures
+    return (model.segmenter if method in ("cyclegan", "dual_branch") else model), history, figures
 
 
 def run(params: dict) -> dict:

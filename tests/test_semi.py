@@ -88,6 +88,8 @@ def test_params_say_what_a_method_needs():
         load(REPO / "params.yaml", ["semi.masks=0", "semi.method=cyclegan"])
     with pytest.raises(ParamsError, match=r"semi\.pseudo_weight: is 0"):
         load(REPO / "params.yaml", ["semi.pseudo_weight=0"])
+    with pytest.raises(ParamsError, match=r"semi\.pseudo_weight: is 0, but semi.method dual_branch"):
+        load(REPO / "params.yaml", ["semi.pseudo_weight=0", "semi.method=dual_branch"])
     with pytest.raises(ParamsError, match=r"semi\.masks: image 'a' is listed twice"):
         load(REPO / "params.yaml", ["semi.masks=[a, b, a]"])
     with pytest.raises(ParamsError, match=r"semi\.masks: expected a count"):
@@ -121,7 +123,7 @@ def workspace(tmp_path, voc_fixture, monkeypatch, extra=()):
     return params
 
 
-@pytest.mark.parametrize("method", ["masks_only", "masks+pseudo", "cotraining", "cyclegan"])
+@pytest.mark.parametrize("method", ["masks_only", "masks+pseudo", "dual_branch", "cotraining", "cyclegan"])
 def test_each_method_reads_only_the_listed_training_masks(tmp_path, voc_fixture, monkeypatch, method):
     monkeypatch.setenv("WSSS_TRACKING", "off")
     params = workspace(tmp_path, voc_fixture, monkeypatch, [f"semi.method={method}"])

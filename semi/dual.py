@@ -1,0 +1,61 @@
+"""Strong-weak dual branch (Luo & Yang, "Semi-supervised semantic segmentation via strong-weak
+dual-branch network", ECCV 2020): one backbone, two heads. The strong head learns from the
+ground-truth masks only, the weak head from the pseudo labels only; both train the shared backbone.
+The pseudo labels' systematic errors (blobby extents, missed parts) are absorbed by the weak head
+instead of being averaged into the one the masks train, while the backbone still learns from every
+image. Only the strong head predicts, so the saved network is a plain segmenter.
+
+Each head sees only its own images of the batch (the backbone runs once on all of them), so a step
+costs what a masks+pseudo step does.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from semi.losses import Parts, part_loss
+
+
+class DualBranch(nn.Module):
+    """A segmenter (backbone + strong head, what is saved and scored) and a weak head for the pseudo labels."""
+
+    def __init__(self, segmenter: nn.Module):
+        super().__init__()
+        self.segmenter = segmenter
+        self.weak_head = copy.deepcopy(segmenter.head)   # same shape; it diverges from the first step
+        for module in self.weak_head.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    @property
+    def backbone(self):
+        return self.segmenter.backbone
+
+    def new_modules(self) -> list[nn.Module]:
+        return [*self.segmenter.new_modules(), self.weak_head]
+
+    def branch_logits(self, images: torch.Tensor, strong: torch.Tensor):
+        """((logits, aux) of the strong head on images[strong], the same of the weak head on the rest);
+        None for a branch with no images in this batch."""
+        inputs = self.segmenter.head_inputs(images)
+        out = []
+        for head, rows in ((self.segmenter.head, strong), (self.weak_head, ~strong)):
+            out.append(self.segmenter.head_outputs(head, tuple(t[rows] for t in inputs)) if bool(rows.any()) else None)
+        return tuple(out)
+
+
+def batch_loss_fn(cfg: dict, n_masked: int, pseudo_weight: float, parts: Parts):
+    """Strong head: the masks' loss; weak head: pseudo_weight x the pseudo labels' loss."""
+
+    def batch_loss(model: DualBranch, batch):
+        x, labels, index = batch
+        masked = index < n_masked
+        strong, weak = model.branch_logits(x, masked)
+        every = lambda t: torch.ones(t.shape[0], dtype=torch.bool, device=t.device)   # noqa: E731
+        on_masks = part_loss(cfg, strong[0], labels[masked], every(strong[0]), strong[1]) if strong else x.sum() * 0.0
+        on_pseudo = part_loss(cfg, weak[0], labels[~masked], every(weak[0]), weak[1]) if weak else x.sum() * 0.0
+        parts.add(loss_masks=on_masks.detach(), loss_pseudo=on_pseudo.detach())
+        return on_masks + pseudo_weight * on_pseudo
+    return batch_loss

@@ -1,0 +1,91 @@
+"""Strong-weak dual branch (semi/dual.py): each head learns from its own labels only, the backbone
+from both, and what predicts is the strong head."""
+import pytest
+import torch
+
+from models.segmenter import build_segmenter
+from semi import dual
+from semi.losses import Parts
+
+CFG = {"backbone": "efficientnet_lite0", "head": "aspp_plus", "pretrained": False, "output_stride": 16,
+       "aspp_channels": 8, "aspp_rates": [1, 2], "loss": "cross_entropy", "loss_stride": 1, "low_level_stride": 8}
+
+
+def model(head="aspp_plus"):
+    torch.manual_seed(0)
+    return dual.DualBranch(build_segmenter({**CFG, "head": head}, 3))
+
+
+def batch(n=4):
+    torch.manual_seed(1)
+    x = torch.rand(n, 3, 32, 32) * 255
+    labels = torch.randint(0, 3, (n, 32, 32))
+    return x, labels, torch.arange(n)   # index < n_masked: masked
+
+
+def grads(module):
+    return sum(p.grad.abs().sum().item() for p in module.parameters() if p.grad is not None)
+
+
+def loss_of(m, n_masked, pseudo_weight=1.0, data=None):
+    parts = Parts()
+    loss = dual.batch_loss_fn(CFG, n_masked, pseudo_weight, parts)(m, data or batch())
+    return loss, parts.epoch_stats()
+
+
+def test_heads_start_different_and_share_the_backbone():
+    m = model()
+    a, b = m.segmenter.head.classifier.weight, m.weak_head.classifier.weight
+    assert a.shape == b.shape and not torch.equal(a, b)
+    assert {id(p) for p in m.weak_head.parameters()}.isdisjoint(id(p) for p in m.segmenter.parameters())
+    new = {id(p) for mod in m.new_modules() for p in mod.parameters()}
+    assert {id(p) for p in m.weak_head.parameters()} <= new
+    assert {id(p) for p in m.backbone.parameters()}.isdisjoint(new)
+
+
+@pytest.mark.parametrize("n_masked, strong, weak", [(2, True, True), (4, True, False), (0, False, True)])
+def test_each_head_learns_only_from_its_own_images(n_masked, strong, weak):
+    m = model()
+    m.train()
+    loss, parts = loss_of(m, n_masked)
+    loss.backward()
+    assert (grads(m.segmenter.head) > 0) == strong
+    assert (grads(m.weak_head) > 0) == weak
+    assert grads(m.backbone) > 0
+    assert (parts["loss_masks"] > 0) == strong and (parts["loss_pseudo"] > 0) == weak
+
+
+def test_the_pseudo_labels_do_not_reach_the_strong_head():
+    """Changing the unmasked images' labels changes the weak head's gradient, never the strong head's."""
+    x, labels, index = batch()
+    heads = []
+    for flip in (False, True):
+        m = model()
+        m.train()
+        lab = labels.clone()
+        if flip:
+            lab[2:] = (lab[2:] + 1) % 3
+        loss_of(m, 2, data=(x, lab, index))[0].backward()
+        heads.append(([p.grad.clone() for p in m.segmenter.head.parameters() if p.grad is not None],
+                      [p.grad.clone() for p in m.weak_head.parameters() if p.grad is not None]))
+    assert all(torch.allclose(a, b) for a, b in zip(heads[0][0], heads[1][0]))
+    assert not all(torch.allclose(a, b) for a, b in zip(heads[0][1], heads[1][1]))
+
+
+def test_pseudo_weight_scales_the_weak_part():
+    m = model()
+    m.eval()   # batch norm in eval: the same forward both times
+    with torch.no_grad():
+        full, parts = loss_of(m, 2, 1.0)
+        half, _ = loss_of(m, 2, 0.5)
+    assert torch.isclose(full - half, 0.5 * torch.tensor(parts["loss_pseudo"]), rtol=1e-4)
+
+
+def test_the_strong_branch_is_the_segmenter_that_predicts():
+    m = model("aspp")
+    m.eval()
+    x, _, _ = batch(2)
+    with torch.no_grad():
+        strong, weak = m.branch_logits(x, torch.tensor([True, True]))
+        assert weak is None
+        assert torch.allclose(strong[0], m.segmenter.logits(x), atol=1e-5)
