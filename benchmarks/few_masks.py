@@ -10,6 +10,9 @@ only read), appends {masks, method, seed, val_miou, wall_s, settings...} to
 benchmarks/results/few_masks.jsonl (rows already there with the same masks, method, seed, epochs,
 limit and --set are skipped), and redraws the plot (benchmarks/results/few_masks.png, also logged
 to MLflow). `seed` sets both semi.seed (which images are masked) and segmenter.seed (training).
+Settings are chosen on train scores: each row's train_miou is the segmenter's mIoU on the train
+images it had no mask of (scoring only; --no-train-score skips it, --rescore adds it to older rows
+whose scratch folder still holds the run).
 
 Rows that make no sense are skipped and said so: masks_only and cyclegan with 0 masks (nothing to
 learn from / no real mask), and masks+pseudo when every train image is masked (then it is
@@ -29,6 +32,7 @@ from common import REPO, RESULTS, copy_run, host, params_for, run_stages, train_
 
 SOURCE = Path("/tmp/wsss-pipeline/i18_s0")
 METHODS = ["masks_only", "masks+pseudo", "dual_branch", "cotraining", "cyclegan"]
+TRAIN_SCORED_ON = "the unmasked train images' ground-truth masks (val inference settings, no CRF)"
 WEAK, REFERENCE, TARGET = 41.16, 54.5, 47.0   # val mIoU: weak default, reference (330 masks), issue 20's target at 33
 
 
@@ -64,6 +68,38 @@ def train_count(source: Path, limit: int) -> int:
     return min(n, limit) if limit else n
 
 
+def score_unmasked(work: Path, params: dict) -> tuple[float | None, float]:
+    """(mIoU of the run's segmenter on the train images it had no mask of, seconds): the settings are
+    chosen on these train scores, as for the weak stages (the masked images were trained on)."""
+    from semi.masks import read_ids
+    return train_score(work / "artifacts/semi/segmenter.pt", work / "artifacts/manifest.parquet", params,
+                       exclude=read_ids(work / "artifacts/semi/masked_ids.txt"))
+
+
+def rescore(args, out: Path) -> None:
+    """Add train_miou to full rows without one whose scratch folder still holds that very run (its
+    metrics/semi.json has the row's val_miou); the rows file is rewritten atomically."""
+    rows, changed = read_rows(out), 0
+    for row in rows:
+        if row.get("train_miou") is not None or row.get("limit"):
+            continue
+        work = Path(args.scratch) / f"{row['method'].replace('+', '_')}_m{row['masks']}_s{row['seed']}"
+        metrics = work / "metrics/semi.json"
+        if not metrics.is_file() or json.loads(metrics.read_text()).get("val_miou") != row["val_miou"]:
+            print(f"rescore: {work} no longer holds masks={row['masks']} {row['method']} seed {row['seed']}: skipped")
+            continue
+        root = (work / "artifacts").resolve()   # params need a data.root; the manifest names the real one
+        params = params_for(str(root), ["semi.enabled=true", *row.get("overrides", [])])
+        row["train_miou"], row["train_score_seconds"] = score_unmasked(work, params)
+        row["train_miou_scored_on"] = TRAIN_SCORED_ON
+        changed += 1
+        print(json.dumps({k: row[k] for k in ("masks", "method", "seed", "val_miou", "train_miou")}))
+    if changed:
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(out)
+
+
 def run_row(args, masks: int, method: str, seed: int) -> dict | None:
     reason = skip_reason(masks, method, train_count(Path(args.source), args.limit))
     if reason:
@@ -77,16 +113,11 @@ def run_row(args, masks: int, method: str, seed: int) -> dict | None:
     start = time.perf_counter()
     out = run_stages(["train_semi"], params, work)["train_semi"]["result"]
     semi = params["semi"]
-    train_miou, score_seconds = None, None
-    if not args.no_train_score:   # the unmasked train images only: the masked ones were trained on
-        from semi.masks import read_ids
-        masked = read_ids(work / "artifacts/semi/masked_ids.txt")
-        train_miou, score_seconds = train_score(work / "artifacts/semi/segmenter.pt", work / "artifacts/manifest.parquet",
-                                                params, exclude=masked)
+    train_miou, score_seconds = (None, None) if args.no_train_score else score_unmasked(work, params)
     return {"masks": masks, "method": method, "seed": seed, "val_miou": out.get("val_miou"),
             "wall_s": round(time.perf_counter() - start, 1), "val_miou_crf": out.get("val_miou_crf"),
             "train_miou": train_miou, "train_score_seconds": score_seconds,
-            "train_miou_scored_on": "the unmasked train images' ground-truth masks (val inference settings, no CRF)",
+            "train_miou_scored_on": TRAIN_SCORED_ON,
             "n_masks": out["n_masks"], "n_unmasked": out["n_unmasked"], "epochs": args.epochs or None,
             "limit": args.limit, "overrides": args.set, "train_seconds": out["train_seconds"],
             "eval_seconds": out["eval_seconds"], "step_seconds": out["step_seconds"], "steps": out["steps"],
@@ -168,7 +199,10 @@ def main() -> None:
     ap.add_argument("--plot", default=str(RESULTS / "few_masks.png"))
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--no-train-score", action="store_true", help="skip scoring the unmasked train images")
+    ap.add_argument("--rescore", action="store_true", help="only add train_miou to rows that lack it (see rescore)")
     args = ap.parse_args()
+    if args.rescore:
+        return rescore(args, Path(args.out))
     out = Path(args.out)
     # the stage runs land in the project's MLflow store (tagged supervision: semi), not the scratch folders'
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path('mlflow.db').resolve()}")
