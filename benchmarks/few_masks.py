@@ -48,6 +48,8 @@ def prepare(work: Path, source: Path, limit: int, train_split: str, val_split: s
     """work/artifacts: the source's manifest (the first `limit` train and val images when limit > 0)
     and pseudo labels, copied; returns (data root, train images)."""
     table = copy_run(source, work, limit)   # the manifest's splits are train and val
+    if (source / "artifacts/segmenter.pt").is_file():   # semi.init: weak_segmenter starts from it
+        shutil.copy2(source / "artifacts/segmenter.pt", work / "artifacts/segmenter.pt")
     root = (table.schema.metadata or {})[b"root"].decode()
     return str(root), sum(1 for s in table.column("split").to_pylist() if s == train_split)
 

@@ -391,6 +391,7 @@ class Semi(Section):
     epochs: int = Field(0, ge=0, le=1000)            # 0: segmenter.epochs
     epoch_images: int = Field(0, ge=0, le=10_000_000)   # crops per epoch; 0: the train split's size
     rampup: Prob = 0.2                               # share of the steps over which the unsupervised losses ramp up
+    init: Literal["as_segmenter", "weak_segmenter"] = "as_segmenter"   # weak_segmenter: artifacts/segmenter.pt
     crf: bool = False                                # also score on val with CRF post-processing
     cotraining: CoTraining = CoTraining()
     cyclegan: CycleGan = CycleGan()

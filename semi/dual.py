@@ -21,13 +21,14 @@ from semi.losses import Parts, part_loss
 class DualBranch(nn.Module):
     """A segmenter (backbone + strong head, what is saved and scored) and a weak head for the pseudo labels."""
 
-    def __init__(self, segmenter: nn.Module):
+    def __init__(self, segmenter: nn.Module, fresh_weak_head: bool = True):
         super().__init__()
         self.segmenter = segmenter
-        self.weak_head = copy.deepcopy(segmenter.head)   # same shape; it diverges from the first step
-        for module in self.weak_head.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        self.weak_head = copy.deepcopy(segmenter.head)   # same shape; fresh, or the trained head's weights
+        if fresh_weak_head:
+            for module in self.weak_head.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
 
     @property
     def backbone(self):

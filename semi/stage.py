@@ -17,18 +17,36 @@ from stores import labelstore
 from stores.atomic import atomic_path, write_text
 from tracking import runs as tracking
 from tracking.outputs import write_stage_outputs
-from training import trainer
+from training import checkpoints, trainer
 from training.segmentation import LabelTarget, train_and_score, warm_start
 
 NAME = "semi"   # metrics/semi.json, plots/semi_*.csv, reports/semi/
 USES_PSEUDO = ("masks+pseudo", "dual_branch", "cotraining", "cyclegan")
 
 
+def start_from(model, start=None, weak=None):
+    """The segmenter's first weights: every weight of the weak segmenter (`weak`), or the refiner's
+    warm start (`start`, segmenter.init: refiner), or as built (ImageNet)."""
+    if weak is not None:
+        state, source = weak
+        own = model.state_dict()
+        wrong = sorted(k for k in own if k not in state or state[k].shape != own[k].shape)
+        if wrong:
+            raise ValueError(f"semi.init: weak_segmenter: {source} does not fit the semi segmenter (missing or "
+                             f"other shape: {wrong[:3]}); both use the segmenter section, so train_segmenter's "
+                             "checkpoint is from other settings: rerun it")
+        model.load_state_dict({k: state[k] for k in own})
+    elif start is not None:
+        warm_start(model, *start)
+    return model
+
+
 def fit(semi: dict, masked: list[str], cfg: dict, root, ids: list[str], labels, n_classes: int, device, desc: str,
-        start=None):
+        start=None, weak=None):
     """training/segmentation.train's counterpart (same call and result) for the semi methods: the
     model to save and score (one segmenter, or the co-training ensemble), the history, and figures
-    for the metrics (how many masks, which method, the batch, the step cost)."""
+    for the metrics (how many masks, which method, the batch, the step cost). weak: (state_dict, path)
+    of the weak segmenter that every segmenter starts from (semi.init: weak_segmenter), else `start`."""
     method, chosen = semi["method"], set(masked)
     unmasked = [] if method == "masks_only" else [i for i in ids if i not in chosen]
     dataset = SemiCrops(root, masked, unmasked, LabelTarget(labels), cfg["crop_size"], cfg["resize_long"], cfg["seed"])
@@ -38,31 +56,26 @@ def fit(semi: dict, masked: list[str], cfg: dict, root, ids: list[str], labels, 
     parts, n_masked = Parts(), len(masked)
     figures = {"enabled": True, "supervision": "semi", "method": method, "n_masks": n_masked,
                "n_unmasked": len(unmasked), "mask_share": semi["mask_share"],
+               "semi_init": "weak_segmenter" if weak is not None else cfg["init"],
                "pseudo_weight": semi["pseudo_weight"] if labels.pseudo is not None and unmasked else 0.0,
                "predicts_with": {"cotraining": "ensemble mean", "dual_branch": "the strong (masks') head"}.get(
                    method, "one segmenter")}
+    begin = functools.partial(start_from, start=start, weak=weak)
     if method in ("masks_only", "masks+pseudo"):
-        model = build_segmenter(cfg, n_classes)
-        if start is not None:
-            warm_start(model, *start)
+        model = begin(build_segmenter(cfg, n_classes))
         batch_loss = supervised_batch_loss(cfg, n_masked, semi["pseudo_weight"] if method != "masks_only" else 0.0, parts)
     elif method == "dual_branch":
-        segmenter = build_segmenter(cfg, n_classes)
-        if start is not None:
-            warm_start(segmenter, *start)
-        model = dual.DualBranch(segmenter)
+        # from the weak segmenter, the weak head starts as its head: it was trained on the pseudo labels
+        model = dual.DualBranch(begin(build_segmenter(cfg, n_classes)), fresh_weak_head=weak is None)
         batch_loss = dual.batch_loss_fn(cfg, n_masked, semi["pseudo_weight"], parts)
     elif method == "cotraining":
         model = cotraining.build_members(cfg, n_classes, semi["cotraining"]["members"])
-        if start is not None:
-            for member in model.members:
-                warm_start(member, *start)
+        for member in model.members:
+            begin(member)
         batch_loss, subsets = cotraining.batch_loss_fn(cfg, semi, n_masked, len(dataset), total_steps, parts)
         figures["member_masks"] = [len(s) for s in subsets]
     elif method == "cyclegan":
-        segmenter = build_segmenter(cfg, n_classes)
-        if start is not None:
-            warm_start(segmenter, *start)
+        segmenter = begin(build_segmenter(cfg, n_classes))
         gan = semi["cyclegan"]
         model = cycle.CycleModel(segmenter, n_classes, gan["size"], gan["generator_width"], gan["discriminator_width"])
         batch_loss = cycle.batch_loss_fn(cfg, semi, n_masked, total_steps, parts)
@@ -92,15 +105,20 @@ def run(params: dict) -> dict:
     write_ids(paths.SEMI_MASKED_IDS, masked,
               f"masked training images of train_semi ({how}, split {split!r}, {len(masked)} of {len(rows)}):\n"
               "the only training masks it may read")
-    tracking.set_tags({"supervision": "semi", "semi.method": semi["method"], "semi.n_masks": len(masked)})
+    tracking.set_tags({"supervision": "semi", "semi.method": semi["method"], "semi.n_masks": len(masked),
+                       "semi.init": semi["init"]})
     reader = MaskReader(root, masked, len(classes), str(paths.SEMI_MASKED_IDS))
     pseudo = None
     if semi["method"] in USES_PSEUDO and semi["pseudo_weight"] > 0 and len(masked) < len(rows):
         pseudo = labelstore.read_dict(paths.PSEUDO_LABELS)
     labels = SemiLabels(reader, pseudo, {r["id"]: (r["height"], r["width"]) for r in rows})
     # fit's figures (method, n_masks, ...: see fit) join metrics/semi.json
+    weak = None
+    if semi["init"] == "weak_segmenter":
+        weak = (checkpoints.read(paths.SEGMENTER)["state_dict"], str(paths.SEGMENTER))
+        params["segmenter"] = {**params["segmenter"], "init": "imagenet"}   # no refiner start on top of it
     return train_and_score(params, labels, NAME, paths.SEMI_SEGMENTER, crf=semi["crf"],
-                           fit=functools.partial(fit, semi, masked))
+                           fit=functools.partial(fit, semi, masked, weak=weak))
 
 
 def disabled() -> dict:

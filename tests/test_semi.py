@@ -169,7 +169,7 @@ def test_the_stage_tags_its_run_semi_supervised(tmp_path, voc_fixture, monkeypat
     params = workspace(tmp_path, voc_fixture, monkeypatch, ["semi.method=masks_only", "semi.epoch_images=2"])
     monkeypatch.setattr(runs, "_run", Run())
     train_semi.main(params)
-    assert Run.tags == {"supervision": "semi", "semi.method": "masks_only", "semi.n_masks": 2}
+    assert Run.tags == {"supervision": "semi", "semi.method": "masks_only", "semi.n_masks": 2, "semi.init": "as_segmenter"}
     assert Run.metrics["n_masks"] == 2 and "val_miou" in Run.metrics
 
 
@@ -187,3 +187,46 @@ def test_the_run_is_tagged_semi_supervised_in_mlflow(tmp_path, voc_fixture, monk
     assert len(found) == 1
     tags, metrics = found[0].data.tags, found[0].data.metrics
     assert tags["semi.n_masks"] == "2" and tags["semi.method"] == "masks_only" and metrics["n_masks"] == 2
+
+
+@pytest.mark.parametrize("method", ["masks+pseudo", "dual_branch", "cotraining"])
+def test_init_weak_segmenter_starts_every_segmenter_from_the_weak_one(tmp_path, voc_fixture, monkeypatch, method):
+    from models.networks import to_config
+    from models.segmenter import build_segmenter
+    from semi import stage
+
+    monkeypatch.setenv("WSSS_TRACKING", "off")
+    params = workspace(tmp_path, voc_fixture, monkeypatch, [f"semi.method={method}", "semi.init=weak_segmenter"])
+    torch.manual_seed(7)
+    weak = build_segmenter(params["segmenter"], 3)
+    checkpoints.save(tmp_path / "artifacts/segmenter.pt", weak, to_config("segmenter", params["segmenter"], ["background", "cat", "dog"]))
+    seen = []
+
+    def fit(model, loader, cfg, device, batch_loss, desc, epoch_stats=None):   # records the first weights
+        seen.extend([model.segmenter] if hasattr(model, "segmenter") else list(getattr(model, "members", [model])))
+        if hasattr(model, "weak_head"):
+            seen.append(("weak_head", model.weak_head))
+        return [{"epoch": 1, "loss": 1.0, "seconds": 0.0}]
+    monkeypatch.setattr(stage.trainer, "fit", fit)
+    result = train_semi.main(params)
+
+    assert result["semi_init"] == "weak_segmenter" and seen
+    for item in seen:
+        if isinstance(item, tuple):   # dual_branch: the weak head starts as the weak segmenter's head
+            for k, v in item[1].state_dict().items():
+                assert torch.equal(v, weak.head.state_dict()[k])
+            continue
+        for k, v in item.state_dict().items():
+            assert torch.equal(v, weak.state_dict()[k]), k
+
+
+def test_init_weak_segmenter_refuses_a_checkpoint_of_other_settings(tmp_path, voc_fixture, monkeypatch):
+    from models.networks import to_config
+    from models.segmenter import build_segmenter
+
+    monkeypatch.setenv("WSSS_TRACKING", "off")
+    params = workspace(tmp_path, voc_fixture, monkeypatch, ["semi.init=weak_segmenter"])
+    other = {**params["segmenter"], "aspp_channels": 16}
+    checkpoints.save(tmp_path / "artifacts/segmenter.pt", build_segmenter(other, 3), to_config("segmenter", other, ["background", "cat", "dog"]))
+    with pytest.raises(ValueError, match=r"semi.init: weak_segmenter: artifacts/segmenter.pt does not fit"):
+        train_semi.main(params)
