@@ -392,6 +392,7 @@ class Semi(Section):
     epoch_images: int = Field(0, ge=0, le=10_000_000)   # crops per epoch; 0: the train split's size
     rampup: Prob = 0.2                               # share of the steps over which the unsupervised losses ramp up
     init: Literal["as_segmenter", "weak_segmenter"] = "as_segmenter"   # weak_segmenter: artifacts/segmenter.pt
+    weak_branch: Literal["head", "classifier"] = "head"   # dual_branch: the pseudo labels' own head, or classifier only
     crf: bool = False                                # also score on val with CRF post-processing
     cotraining: CoTraining = CoTraining()
     cyclegan: CycleGan = CycleGan()

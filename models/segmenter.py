@@ -31,8 +31,12 @@ class ASPPHead(nn.Module):
         pooled = self.pool(x).expand(-1, -1, *x.shape[-2:])
         return self.project(torch.cat([b(x) for b in self.branches] + [pooled], 1))
 
+    def pixel_features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the classifier reads (a second classifier can share them: semi/dual.py)."""
+        return self.context(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.context(x))
+        return self.classifier(self.pixel_features(x))
 
 
 @HEADS.register("aspp_plus")
@@ -51,9 +55,12 @@ class ASPPPlusHead(ASPPHead):
         self.fuse = nn.Sequential(_conv_bn_relu(channels + low_reduced, channels, 3),
                                   _conv_bn_relu(channels, channels, 3))
 
-    def forward(self, x: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+    def pixel_features(self, x: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         context = F.interpolate(self.context(x), size=low.shape[-2:], mode="bilinear", align_corners=False)
-        return self.classifier(self.fuse(torch.cat([context, self.reduce(low)], 1)))
+        return self.fuse(torch.cat([context, self.reduce(low)], 1))
+
+    def forward(self, x: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pixel_features(x, low))
 
 
 @HEADS.register("deeplabv3")

@@ -7,6 +7,10 @@ image. Only the strong head predicts, so the saved network is a plain segmenter.
 
 Each head sees only its own images of the batch (the backbone runs once on all of them), so a step
 costs what a masks+pseudo step does.
+
+`branch: classifier` shares the whole head too and gives the pseudo labels only their own last
+1 x 1 classifier: a lighter split for few masks, where a whole head of its own learns from the
+masked images alone (the paper had 1,464 of them).
 """
 from __future__ import annotations
 
@@ -21,10 +25,16 @@ from semi.losses import Parts, part_loss
 class DualBranch(nn.Module):
     """A segmenter (backbone + strong head, what is saved and scored) and a weak head for the pseudo labels."""
 
-    def __init__(self, segmenter: nn.Module, fresh_weak_head: bool = True):
+    def __init__(self, segmenter: nn.Module, fresh_weak_head: bool = True, branch: str = "head"):
         super().__init__()
-        self.segmenter = segmenter
-        self.weak_head = copy.deepcopy(segmenter.head)   # same shape; fresh, or the trained head's weights
+        self.segmenter, self.branch = segmenter, branch
+        if branch == "classifier" and not hasattr(segmenter.head, "pixel_features"):
+            raise ValueError(f"semi.weak_branch: classifier needs a head whose classifier reads pixel_features "
+                             f"(aspp, aspp_plus), not {type(segmenter.head).__name__}: use weak_branch: head")
+        if branch not in ("head", "classifier"):
+            raise ValueError(f"semi.weak_branch: {branch!r} is not head or classifier")
+        # same shape; fresh, or the trained weights
+        self.weak_head = copy.deepcopy(segmenter.head if branch == "head" else segmenter.head.classifier)
         if fresh_weak_head:
             for module in self.weak_head.modules():
                 if hasattr(module, "reset_parameters"):
@@ -41,6 +51,10 @@ class DualBranch(nn.Module):
         """((logits, aux) of the strong head on images[strong], the same of the weak head on the rest);
         None for a branch with no images in this batch."""
         inputs = self.segmenter.head_inputs(images)
+        if self.branch == "classifier":
+            features = self.segmenter.head.pixel_features(*inputs)
+            return tuple((classifier(features[rows]), None) if bool(rows.any()) else None
+                         for classifier, rows in ((self.segmenter.head.classifier, strong), (self.weak_head, ~strong)))
         out = []
         for head, rows in ((self.segmenter.head, strong), (self.weak_head, ~strong)):
             out.append(self.segmenter.head_outputs(head, tuple(t[rows] for t in inputs)) if bool(rows.any()) else None)

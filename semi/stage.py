@@ -66,7 +66,8 @@ def fit(semi: dict, masked: list[str], cfg: dict, root, ids: list[str], labels, 
         batch_loss = supervised_batch_loss(cfg, n_masked, semi["pseudo_weight"] if method != "masks_only" else 0.0, parts)
     elif method == "dual_branch":
         # from the weak segmenter, the weak head starts as its head: it was trained on the pseudo labels
-        model = dual.DualBranch(begin(build_segmenter(cfg, n_classes)), fresh_weak_head=weak is None)
+        model = dual.DualBranch(begin(build_segmenter(cfg, n_classes)), fresh_weak_head=weak is None,
+                                branch=semi["weak_branch"])
         batch_loss = dual.batch_loss_fn(cfg, n_masked, semi["pseudo_weight"], parts)
     elif method == "cotraining":
         model = cotraining.build_members(cfg, n_classes, semi["cotraining"]["members"])
