@@ -4,7 +4,7 @@ for mask counts x methods x seeds, with the weak default and the fully supervise
     OMP_NUM_THREADS=2 python benchmarks/few_masks.py --masks 33 --methods masks+pseudo --seeds 0 1
     python benchmarks/few_masks.py --plot-only
 
-Each row runs train_semi in its own scratch folder (--scratch/<method>_m<masks>_s<seed>) that holds
+Each row runs train_semi in its own scratch folder (--scratch/<method>_m<masks>_s<seed>[_<hash of --set>]) that holds
 a copy of the source run's manifest and pseudo labels (--source, default /tmp/wsss-pipeline/i18_s0,
 only read), appends {masks, method, seed, val_miou, wall_s, settings...} to
 benchmarks/results/few_masks.jsonl (rows already there with the same masks, method, seed, epochs,
@@ -21,6 +21,7 @@ masks_only). --limit N keeps the first N train and N val images (for a quick che
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -70,6 +71,14 @@ def train_count(source: Path, limit: int) -> int:
     return min(n, limit) if limit else n
 
 
+def workdir(scratch: str, masks: int, method: str, seed: int, overrides: list[str]) -> Path:
+    """One scratch folder per row: --set overrides get a short hash, so variants do not share one."""
+    name = f"{method.replace('+', '_')}_m{masks}_s{seed}"
+    if overrides:
+        name += "_" + hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
+    return Path(scratch) / name
+
+
 def score_unmasked(work: Path, params: dict) -> tuple[float | None, float]:
     """(mIoU of the run's segmenter on the train images it had no mask of, seconds): the settings are
     chosen on these train scores, as for the weak stages (the masked images were trained on)."""
@@ -85,7 +94,7 @@ def rescore(args, out: Path) -> None:
     for row in rows:
         if row.get("train_miou") is not None or row.get("limit"):
             continue
-        work = Path(args.scratch) / f"{row['method'].replace('+', '_')}_m{row['masks']}_s{row['seed']}"
+        work = workdir(args.scratch, row["masks"], row["method"], row["seed"], row.get("overrides", []))
         metrics = work / "metrics/semi.json"
         if not metrics.is_file() or json.loads(metrics.read_text()).get("val_miou") != row["val_miou"]:
             print(f"rescore: {work} no longer holds masks={row['masks']} {row['method']} seed {row['seed']}: skipped")
@@ -107,7 +116,7 @@ def run_row(args, masks: int, method: str, seed: int) -> dict | None:
     if reason:
         print(f"skip masks={masks} {method}: {reason}")
         return None
-    work = Path(args.scratch) / f"{method.replace('+', '_')}_m{masks}_s{seed}"
+    work = workdir(args.scratch, masks, method, seed, args.set)
     root, _ = prepare(work, Path(args.source), args.limit, "train", "val")
     overrides = ["semi.enabled=true", f"semi.masks={masks}", f"semi.method={method}", f"semi.seed={seed}",
                  f"segmenter.seed={seed}", *([f"semi.epochs={args.epochs}"] if args.epochs else []), *args.set]
