@@ -142,26 +142,29 @@ def run_row(args, masks: int, method: str, seed: int) -> dict | None:
 
 
 def plot(rows: list[dict], path: Path) -> Path:
-    """val mIoU against masks, one line per method (mean over seeds, bars: min to max)."""
+    """val mIoU against masks, one line per method and --set variant (mean over seeds, bars: min to max)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     full = [r for r in rows if not r.get("limit")]
     rows = full or rows   # quick checks (--limit) are drawn only when there is nothing else
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in METHODS:
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    variants = sorted({(METHODS.index(r["method"]), tuple(r.get("overrides", []))) for r in rows})
+    for index, overrides in variants:
+        method = METHODS[index]
         by_masks: dict[int, list[float]] = {}
         for r in rows:
-            if r["method"] == method and r.get("val_miou") is not None:
+            if r["method"] == method and tuple(r.get("overrides", [])) == overrides and r.get("val_miou") is not None:
                 by_masks.setdefault(r["masks"], []).append(r["val_miou"])
         if not by_masks:
             continue
+        label = method + (f" ({', '.join(o.removeprefix('semi.') for o in overrides)})" if overrides else "")
         xs = sorted(by_masks)
         means = [sum(by_masks[x]) / len(by_masks[x]) for x in xs]
         lo = [m - min(by_masks[x]) for m, x in zip(means, xs)]
         hi = [max(by_masks[x]) - m for m, x in zip(means, xs)]
-        ax.errorbar(xs, means, yerr=[lo, hi], marker="o", capsize=3, label=method)
+        ax.errorbar(xs, means, yerr=[lo, hi], marker="o", capsize=3, label=label)
     ax.axhline(WEAK, color="grey", linestyle="--", label=f"weak default (0 masks) {WEAK}")
     ax.axhline(REFERENCE, color="black", linestyle="--", label=f"reference (330 masks) {REFERENCE}")
     ax.plot([33], [TARGET], marker="*", markersize=12, color="red", linestyle="none", label=f"target at 33: {TARGET}")
@@ -171,7 +174,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax.set_xlabel("training images with a ground-truth mask (voc2012-mini train: 330)")
     ax.set_ylabel("val mIoU (%), no CRF")
     ax.set_title("How many masks does a user need? (semi-supervised, train_semi)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))   # beside: points sit everywhere
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
