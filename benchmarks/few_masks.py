@@ -106,9 +106,8 @@ def rescore(args, out: Path) -> None:
         changed += 1
         print(json.dumps({k: row[k] for k in ("masks", "method", "seed", "val_miou", "train_miou")}))
     if changed:
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(out)
+        from stores.atomic import write_text
+        write_text("".join(json.dumps(r) + "\n" for r in rows), out)
 
 
 def run_row(args, masks: int, method: str, seed: int) -> dict | None:

@@ -50,27 +50,28 @@ class DualBranch(nn.Module):
     def branch_logits(self, images: torch.Tensor, strong: torch.Tensor):
         """((logits, aux) of the strong head on images[strong], the same of the weak head on the rest);
         None for a branch with no images in this batch."""
-        inputs = self.segmenter.head_inputs(images)
-        if self.branch == "classifier":
-            features = self.segmenter.head.pixel_features(*inputs)
-            return tuple((classifier(features[rows]), None) if bool(rows.any()) else None
-                         for classifier, rows in ((self.segmenter.head.classifier, strong), (self.weak_head, ~strong)))
-        out = []
-        for head, rows in ((self.segmenter.head, strong), (self.weak_head, ~strong)):
-            out.append(self.segmenter.head_outputs(head, tuple(t[rows] for t in inputs)) if bool(rows.any()) else None)
-        return tuple(out)
+        inputs, heads = self.segmenter.head_inputs(images), (self.segmenter.head, self.weak_head)
+        if self.branch == "classifier":   # the shared head runs once; the two classifiers read its features
+            inputs = (self.segmenter.head.pixel_features(*inputs),)
+            heads = (self.segmenter.head.classifier, self.weak_head)
+        return tuple(self.segmenter.head_outputs(head, tuple(t[rows] for t in inputs)) if bool(rows.any()) else None
+                     for head, rows in zip(heads, (strong, ~strong)))
 
 
 def batch_loss_fn(cfg: dict, n_masked: int, pseudo_weight: float, parts: Parts):
     """Strong head: the masks' loss; weak head: pseudo_weight x the pseudo labels' loss."""
 
+    def branch_loss(out, labels: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if out is None:   # no image of this branch in the batch
+            return x.sum() * 0.0
+        logits, aux = out
+        return part_loss(cfg, logits, labels, torch.ones(len(logits), dtype=torch.bool, device=logits.device), aux)
+
     def batch_loss(model: DualBranch, batch):
         x, labels, index = batch
         masked = index < n_masked
-        strong, weak = model.branch_logits(x, masked)
-        every = lambda t: torch.ones(t.shape[0], dtype=torch.bool, device=t.device)   # noqa: E731
-        on_masks = part_loss(cfg, strong[0], labels[masked], every(strong[0]), strong[1]) if strong else x.sum() * 0.0
-        on_pseudo = part_loss(cfg, weak[0], labels[~masked], every(weak[0]), weak[1]) if weak else x.sum() * 0.0
+        on_masks, on_pseudo = (branch_loss(out, labels[rows], x)
+                               for out, rows in zip(model.branch_logits(x, masked), (masked, ~masked)))
         parts.add(loss_masks=on_masks.detach(), loss_pseudo=on_pseudo.detach())
         return on_masks + pseudo_weight * on_pseudo
     return batch_loss
