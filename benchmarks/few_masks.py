@@ -30,9 +30,10 @@ import time
 from pathlib import Path
 
 from common import REPO, RESULTS, copy_run, host, params_for, run_stages, train_score
+from config.params import SEMI_METHODS, SEMI_NEEDS_MASKS, SEMI_PSEUDO_ONLY
 
 SOURCE = Path("/tmp/wsss-pipeline/i18_s0")
-METHODS = ["masks_only", "masks+pseudo", "dual_branch", "cotraining", "cyclegan"]
+METHODS = list(SEMI_METHODS)
 TRAIN_SCORED_ON = "the unmasked train images' ground-truth masks (val inference settings, no CRF)"
 WEAK, REFERENCE, TARGET = 41.16, 54.5, 47.0   # val mIoU: weak default, reference (330 masks), issue 20's target at 33
 
@@ -58,9 +59,9 @@ def prepare(work: Path, source: Path, limit: int, train_split: str, val_split: s
 def skip_reason(masks: int, method: str, n_train: int) -> str | None:
     if masks > n_train:
         return f"only {n_train} train images"
-    if masks == 0 and method in ("masks_only", "cyclegan"):
+    if masks == 0 and method in SEMI_NEEDS_MASKS:
         return "needs masks"
-    if masks == n_train and method in ("masks+pseudo", "dual_branch"):
+    if masks == n_train and method in SEMI_PSEUDO_ONLY:
         return "every image masked: the masks_only run"
     return None
 

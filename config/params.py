@@ -379,13 +379,18 @@ class CycleGan(Section):
     cycle_mask_weight: Weight = 0.5                # CE, mask -> G -> S -> mask
 
 
+SEMI_METHODS = ("masks_only", "masks+pseudo", "dual_branch", "cotraining", "cyclegan")
+SEMI_NEEDS_MASKS = ("masks_only", "cyclegan")        # learn from real masks only: 0 masks is meaningless
+SEMI_PSEUDO_ONLY = ("masks+pseudo", "dual_branch")   # their only signal beyond the masks is the pseudo labels
+
+
 class Semi(Section):
     """train_semi: a SEMI-supervised segmenter from the masks of a few training images (semi/)."""
 
     enabled: bool = False
     masks: Annotated[Any, AfterValidator(_mask_choice)] = 33   # a count (seeded choice) or a list of ids
     seed: int = Field(0, ge=0)                                 # which images a count chooses
-    method: Literal["masks_only", "masks+pseudo", "dual_branch", "cotraining", "cyclegan"] = "masks+pseudo"
+    method: Literal[SEMI_METHODS] = "masks+pseudo"
     mask_share: float = Field(0.5, gt=0.0, le=1.0)   # share of each batch drawn from the masked images
     pseudo_weight: Weight = 1.0                      # loss weight of the unmasked images' pseudo labels (0: unread)
     epochs: int = Field(0, ge=0, le=1000)            # 0: segmenter.epochs
@@ -400,11 +405,11 @@ class Semi(Section):
     @model_validator(mode="after")
     def _method_needs(self) -> "Semi":
         n = self.masks if isinstance(self.masks, int) else len(self.masks)
-        if n == 0 and self.method in ("masks_only", "cyclegan"):
+        if n == 0 and self.method in SEMI_NEEDS_MASKS:
             why = "trains on the masks alone" if self.method == "masks_only" else \
                 "learns its mask discriminator and mask cycle from the real masks"
             raise _invalid(f"is 0, but semi.method {self.method} {why}: give it masks", "masks")
-        if self.method in ("masks+pseudo", "dual_branch") and self.pseudo_weight == 0:
+        if self.method in SEMI_PSEUDO_ONLY and self.pseudo_weight == 0:
             raise _invalid(f"is 0, but semi.method {self.method} trains on the pseudo labels: use masks_only "
                            "(or a weight > 0)", "pseudo_weight")
         return self

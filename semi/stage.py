@@ -7,6 +7,7 @@ import functools
 import time
 
 from config import paths
+from config.params import SEMI_METHODS
 from dataset import voc
 from models.segmenter import build_segmenter
 from semi import cotraining, cycle, dual
@@ -21,7 +22,7 @@ from training import checkpoints, trainer
 from training.segmentation import LabelTarget, train_and_score, warm_start
 
 NAME = "semi"   # metrics/semi.json, plots/semi_*.csv, reports/semi/
-USES_PSEUDO = ("masks+pseudo", "dual_branch", "cotraining", "cyclegan")
+USES_PSEUDO = tuple(m for m in SEMI_METHODS if m != "masks_only")
 
 
 def start_from(model, start=None, weak=None):
