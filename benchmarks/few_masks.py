@@ -4,7 +4,7 @@ for mask counts x methods x seeds, with the weak default and the fully supervise
     OMP_NUM_THREADS=2 python benchmarks/few_masks.py --masks 33 --methods masks+pseudo --seeds 0 1
     python benchmarks/few_masks.py --plot-only
 
-Each row runs train_semi in its own scratch folder (--scratch/<method>_m<masks>_s<seed>[_<hash of --set>]) that holds
+Each row runs train_semi in its own scratch folder (--scratch/<method>_m<masks>_s<seed>_<hash of its variant: semi.init, semi.pseudo_weight and --set>) that holds
 a copy of the source run's manifest and pseudo labels (--source, default /tmp/wsss-pipeline/i18_s0,
 only read), appends {masks, method, seed, val_miou, wall_s, settings...} to
 benchmarks/results/few_masks.jsonl (rows already there with the same masks, method, seed, epochs,
@@ -38,8 +38,23 @@ TRAIN_SCORED_ON = "the unmasked train images' ground-truth masks (val inference 
 WEAK, REFERENCE, TARGET = 41.16, 54.5, 47.0   # val mIoU: weak default, reference (330 masks), issue 20's target at 33
 
 
+EXPLICIT = ("semi.init", "semi.pseudo_weight")   # always part of a variant: their defaults changed (fourteenth session)
+SCORING_ONLY = ("semi.crf",)                     # changes the scores a run reports, not the run
+
+
+def variant(row: dict) -> tuple[str, ...]:
+    """What a row trained with beyond masks, method and seed: semi.init and semi.pseudo_weight always
+    (rows without settings.init predate it and ran as_segmenter; masks_only reads no pseudo label, so
+    its weight is left out), then the other --set overrides except scoring-only ones."""
+    given = dict(o.split("=", 1) for o in row.get("overrides", []))
+    settings = row.get("settings", {})
+    init = settings.get("init") or given.get("semi.init", "as_segmenter")
+    fixed = [f"init={init}"] + ([] if row["method"] == "masks_only" else [f"pseudo_weight={float(settings['pseudo_weight'])}"])
+    return (*fixed, *(o for o in row.get("overrides", []) if o.split("=", 1)[0] not in EXPLICIT + SCORING_ONLY))
+
+
 def key(row: dict) -> tuple:
-    return (row["masks"], row["method"], row["seed"], row.get("epochs"), row.get("limit", 0), tuple(row.get("overrides", [])))
+    return (row["masks"], row["method"], row["seed"], row.get("epochs"), row.get("limit", 0), variant(row))
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -72,12 +87,10 @@ def train_count(source: Path, limit: int) -> int:
     return min(n, limit) if limit else n
 
 
-def workdir(scratch: str, masks: int, method: str, seed: int, overrides: list[str]) -> Path:
-    """One scratch folder per row: --set overrides get a short hash, so variants do not share one."""
-    name = f"{method.replace('+', '_')}_m{masks}_s{seed}"
-    if overrides:
-        name += "_" + hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:8]
-    return Path(scratch) / name
+def workdir(scratch: str, row: dict) -> Path:
+    """One scratch folder per row: its variant gets a short hash, so variants do not share one."""
+    name = f"{row['method'].replace('+', '_')}_m{row['masks']}_s{row['seed']}"
+    return Path(scratch) / (name + "_" + hashlib.sha1("\n".join(variant(row)).encode()).hexdigest()[:8])
 
 
 def score_unmasked(work: Path, params: dict) -> tuple[float | None, float]:
@@ -95,7 +108,7 @@ def rescore(args, out: Path) -> None:
     for row in rows:
         if row.get("train_miou") is not None or row.get("limit"):
             continue
-        work = workdir(args.scratch, row["masks"], row["method"], row["seed"], row.get("overrides", []))
+        work = workdir(args.scratch, row)
         metrics = work / "metrics/semi.json"
         if not metrics.is_file() or json.loads(metrics.read_text()).get("val_miou") != row["val_miou"]:
             print(f"rescore: {work} no longer holds masks={row['masks']} {row['method']} seed {row['seed']}: skipped")
@@ -111,12 +124,20 @@ def rescore(args, out: Path) -> None:
         write_text("".join(json.dumps(r) + "\n" for r in rows), out)
 
 
+def probe(args, masks: int, method: str, seed: int) -> dict:
+    """The row a run would write, as far as key() and workdir() read it (settings from params.yaml + --set)."""
+    from config.params import load
+    semi = load(REPO / "params.yaml", args.set)["semi"]
+    return {"masks": masks, "method": method, "seed": seed, "epochs": args.epochs or None, "limit": args.limit,
+            "overrides": args.set, "settings": {"init": semi["init"], "pseudo_weight": semi["pseudo_weight"]}}
+
+
 def run_row(args, masks: int, method: str, seed: int) -> dict | None:
     reason = skip_reason(masks, method, train_count(Path(args.source), args.limit))
     if reason:
         print(f"skip masks={masks} {method}: {reason}")
         return None
-    work = workdir(args.scratch, masks, method, seed, args.set)
+    work = workdir(args.scratch, probe(args, masks, method, seed))
     root, _ = prepare(work, Path(args.source), args.limit, "train", "val")
     overrides = ["semi.enabled=true", f"semi.masks={masks}", f"semi.method={method}", f"semi.seed={seed}",
                  f"segmenter.seed={seed}", *([f"semi.epochs={args.epochs}"] if args.epochs else []), *args.set]
@@ -132,7 +153,7 @@ def run_row(args, masks: int, method: str, seed: int) -> dict | None:
             "n_masks": out["n_masks"], "n_unmasked": out["n_unmasked"], "epochs": args.epochs or None,
             "limit": args.limit, "overrides": args.set, "train_seconds": out["train_seconds"],
             "eval_seconds": out["eval_seconds"], "step_seconds": out["step_seconds"], "steps": out["steps"],
-            "settings": {"mask_share": semi["mask_share"], "pseudo_weight": semi["pseudo_weight"],
+            "settings": {"init": semi["init"], "mask_share": semi["mask_share"], "pseudo_weight": semi["pseudo_weight"],
                          "epoch_images": out["epoch_images"], "rampup": semi["rampup"],
                          "epochs": params["segmenter"]["epochs"] if not args.epochs else args.epochs,
                          **({"cotraining": semi["cotraining"]} if method == "cotraining" else {}),
@@ -150,16 +171,16 @@ def plot(rows: list[dict], path: Path) -> Path:
     full = [r for r in rows if not r.get("limit")]
     rows = full or rows   # quick checks (--limit) are drawn only when there is nothing else
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    variants = sorted({(METHODS.index(r["method"]), tuple(r.get("overrides", []))) for r in rows})
-    for index, overrides in variants:
+    variants = sorted({(METHODS.index(r["method"]), variant(r)) for r in rows})
+    for index, settings in variants:
         method = METHODS[index]
         by_masks: dict[int, list[float]] = {}
         for r in rows:
-            if r["method"] == method and tuple(r.get("overrides", [])) == overrides and r.get("val_miou") is not None:
+            if r["method"] == method and variant(r) == settings and r.get("val_miou") is not None:
                 by_masks.setdefault(r["masks"], []).append(r["val_miou"])
         if not by_masks:
             continue
-        label = method + (f" ({', '.join(o.removeprefix('semi.') for o in overrides)})" if overrides else "")
+        label = f"{method} ({', '.join(o.removeprefix('semi.') for o in settings)})"
         xs = sorted(by_masks)
         means = [sum(by_masks[x]) / len(by_masks[x]) for x in xs]
         lo = [m - min(by_masks[x]) for m, x in zip(means, xs)]
@@ -227,9 +248,7 @@ def main() -> None:
         for masks in args.masks:
             for method in args.methods:
                 for seed in args.seeds:
-                    probe = {"masks": masks, "method": method, "seed": seed, "epochs": args.epochs or None,
-                             "limit": args.limit, "overrides": args.set}
-                    if key(probe) in done:
+                    if key(probe(args, masks, method, seed)) in done:
                         print(f"have masks={masks} {method} seed {seed}: skipped")
                         continue
                     row = run_row(args, masks, method, seed)

@@ -392,11 +392,11 @@ class Semi(Section):
     seed: int = Field(0, ge=0)                                 # which images a count chooses
     method: Literal[SEMI_METHODS] = "masks+pseudo"
     mask_share: float = Field(0.5, gt=0.0, le=1.0)   # share of each batch drawn from the masked images
-    pseudo_weight: Weight = 1.0                      # loss weight of the unmasked images' pseudo labels (0: unread)
+    pseudo_weight: Weight = 0.1                      # loss weight of the unmasked images' pseudo labels (0: unread)
     epochs: int = Field(0, ge=0, le=1000)            # 0: segmenter.epochs
     epoch_images: int = Field(0, ge=0, le=10_000_000)   # crops per epoch; 0: the train split's size
     rampup: Prob = 0.2                               # share of the steps over which the unsupervised losses ramp up
-    init: Literal["as_segmenter", "weak_segmenter"] = "as_segmenter"   # weak_segmenter: artifacts/segmenter.pt
+    init: Literal["as_segmenter", "weak_segmenter"] = "weak_segmenter"   # artifacts/segmenter.pt
     weak_branch: Literal["head", "classifier"] = "head"   # dual_branch: the pseudo labels' own head, or classifier only
     crf: bool = False                                # also score on val with CRF post-processing
     cotraining: CoTraining = CoTraining()

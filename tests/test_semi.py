@@ -19,7 +19,7 @@ from training.segmentation import predict_probs
 TINY = ["segmenter.pretrained=false", "segmenter.head=aspp", "segmenter.aspp_channels=8", "segmenter.aspp_rates=[1, 2]",
         "segmenter.epochs=1", "segmenter.batch_size=2", "segmenter.crop_size=32", "segmenter.resize_long=[40, 56]",
         "segmenter.val_scales=[1.0]", "segmenter.val_flip=false", "segmenter.loss_stride=1", "segmenter.device=cpu",
-        "segmenter.precision=fp32", "semi.enabled=true", "semi.masks=2",
+        "segmenter.precision=fp32", "semi.enabled=true", "semi.masks=2", "semi.init=as_segmenter",
         "semi.cyclegan.size=16", "semi.cyclegan.generator_width=4", "semi.cyclegan.discriminator_width=4"]
 
 

@@ -1,0 +1,30 @@
+"""benchmarks/few_masks.py: which rows count as the same run, now that semi.init and
+semi.pseudo_weight changed their defaults (rows without settings.init ran as_segmenter)."""
+import argparse
+import sys
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import few_masks  # noqa: E402
+
+
+def row(method="masks+pseudo", overrides=(), **settings):
+    return {"masks": 33, "method": method, "seed": 0, "overrides": list(overrides),
+            "settings": {"pseudo_weight": 1.0, **settings}}
+
+
+def test_an_old_default_row_is_not_the_new_default_run():
+    args = argparse.Namespace(set=[], epochs=0, limit=0)
+    new = few_masks.probe(args, 33, "masks+pseudo", 0)
+    assert few_masks.key(row()) != few_masks.key(new)              # as_segmenter, 1.0 vs the new defaults
+    explicit = row(overrides=["semi.init=weak_segmenter", "semi.pseudo_weight=0.1"], pseudo_weight=0.1)
+    assert few_masks.key(explicit) == few_masks.key(new)           # the same run, said explicitly
+    assert few_masks.workdir("/s", explicit) == few_masks.workdir("/s", new)
+    assert few_masks.workdir("/s", row()) != few_masks.workdir("/s", new)
+
+
+def test_scoring_only_overrides_and_an_unread_weight_do_not_make_a_new_variant():
+    assert few_masks.key(row(overrides=["semi.crf=true"])) == few_masks.key(row())
+    assert few_masks.key(row("masks_only", pseudo_weight=0.1)) == few_masks.key(row("masks_only"))
+    assert few_masks.key(row(overrides=["semi.mask_share=0.75"])) != few_masks.key(row())
