@@ -127,7 +127,7 @@ def rescore(args, out: Path) -> None:
 def probe(args, masks: int, method: str, seed: int) -> dict:
     """The row a run would write, as far as key() and workdir() read it (settings from params.yaml + --set)."""
     from config.params import load
-    semi = load(REPO / "params.yaml", args.set)["semi"]
+    semi = load(REPO / "params.yaml", [f"semi.masks={masks}", f"semi.method={method}", *args.set])["semi"]
     return {"masks": masks, "method": method, "seed": seed, "epochs": args.epochs or None, "limit": args.limit,
             "overrides": args.set, "settings": {"init": semi["init"], "pseudo_weight": semi["pseudo_weight"]}}
 
