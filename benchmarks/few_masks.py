@@ -4,12 +4,12 @@ for mask counts x methods x seeds, with the weak default and the fully supervise
     OMP_NUM_THREADS=2 python benchmarks/few_masks.py --masks 33 --methods masks+pseudo --seeds 0 1
     python benchmarks/few_masks.py --plot-only
 
-Each row runs train_semi in its own scratch folder (--scratch/<method>_m<masks>_s<seed>_<hash of its variant: semi.init, semi.pseudo_weight and --set>) that holds
-a copy of the source run's manifest and pseudo labels (--source, default /tmp/wsss-pipeline/i18_s0,
-only read), appends {masks, method, seed, val_miou, wall_s, settings...} to
-benchmarks/results/few_masks.jsonl (rows already there with the same masks, method, seed, epochs,
-limit and --set are skipped), and redraws the plot (benchmarks/results/few_masks.png, also logged
-to MLflow). `seed` sets both semi.seed (which images are masked) and segmenter.seed (training).
+Each row runs train_semi in its own scratch folder (--scratch/<method>_m<masks>_s<seed>_<hash of its
+variant: semi.init, semi.pseudo_weight and --set>) that holds a copy of the source run's manifest
+and pseudo labels (--source, default /tmp/wsss-pipeline/i18_s0, only read), appends {masks, method,
+seed, val_miou, wall_s, settings...} to benchmarks/results/few_masks.jsonl (rows already there with
+the same masks, method, seed, epochs, limit and variant are skipped), and redraws the plot
+(benchmarks/results/few_masks.png, also logged to MLflow). `seed` sets both semi.seed (which images are masked) and segmenter.seed (training).
 Settings are chosen on train scores: each row's train_miou is the segmenter's mIoU on the train
 images it had no mask of (scoring only; --no-train-score skips it, --rescore adds it to older rows
 whose scratch folder still holds the run).
@@ -49,7 +49,8 @@ def variant(row: dict) -> tuple[str, ...]:
     given = dict(o.split("=", 1) for o in row.get("overrides", []))
     settings = row.get("settings", {})
     init = settings.get("init") or given.get("semi.init", "as_segmenter")
-    fixed = [f"init={init}"] + ([] if row["method"] == "masks_only" else [f"pseudo_weight={float(settings['pseudo_weight'])}"])
+    weight = [] if row["method"] == "masks_only" else [f"pseudo_weight={float(settings['pseudo_weight'])}"]
+    fixed = [f"init={init}", *weight]
     return (*fixed, *(o for o in row.get("overrides", []) if o.split("=", 1)[0] not in EXPLICIT + SCORING_ONLY))
 
 
@@ -132,12 +133,14 @@ def probe(args, masks: int, method: str, seed: int) -> dict:
             "overrides": args.set, "settings": {"init": semi["init"], "pseudo_weight": semi["pseudo_weight"]}}
 
 
-def run_row(args, masks: int, method: str, seed: int) -> dict | None:
+def run_row(args, planned: dict) -> dict | None:
+    """Runs the row probe() planned (its scratch folder is named for it)."""
+    masks, method, seed = planned["masks"], planned["method"], planned["seed"]
     reason = skip_reason(masks, method, train_count(Path(args.source), args.limit))
     if reason:
         print(f"skip masks={masks} {method}: {reason}")
         return None
-    work = workdir(args.scratch, probe(args, masks, method, seed))
+    work = workdir(args.scratch, planned)
     root, _ = prepare(work, Path(args.source), args.limit, "train", "val")
     overrides = ["semi.enabled=true", f"semi.masks={masks}", f"semi.method={method}", f"semi.seed={seed}",
                  f"segmenter.seed={seed}", *([f"semi.epochs={args.epochs}"] if args.epochs else []), *args.set]
@@ -248,10 +251,11 @@ def main() -> None:
         for masks in args.masks:
             for method in args.methods:
                 for seed in args.seeds:
-                    if key(probe(args, masks, method, seed)) in done:
+                    planned = probe(args, masks, method, seed)
+                    if key(planned) in done:
                         print(f"have masks={masks} {method} seed {seed}: skipped")
                         continue
-                    row = run_row(args, masks, method, seed)
+                    row = run_row(args, planned)
                     if row is None:
                         continue
                     out.parent.mkdir(parents=True, exist_ok=True)
