@@ -175,7 +175,8 @@ def plot(rows: list[dict], path: Path) -> Path:
     rows = full or rows   # quick checks (--limit) are drawn only when there is nothing else
     fig, ax = plt.subplots(figsize=(10, 4.5))
     variants = sorted({(METHODS.index(r["method"]), variant(r)) for r in rows})
-    for index, settings in variants:
+    colours = plt.get_cmap("tab20").colors   # 20 distinct: the default 10-colour cycle repeats across variants
+    for n, (index, settings) in enumerate(variants):
         method = METHODS[index]
         by_masks: dict[int, list[float]] = {}
         for r in rows:
@@ -188,7 +189,8 @@ def plot(rows: list[dict], path: Path) -> Path:
         means = [sum(by_masks[x]) / len(by_masks[x]) for x in xs]
         lo = [m - min(by_masks[x]) for m, x in zip(means, xs)]
         hi = [max(by_masks[x]) - m for m, x in zip(means, xs)]
-        ax.errorbar(xs, means, yerr=[lo, hi], marker="o", capsize=3, label=label)
+        ax.errorbar(xs, means, yerr=[lo, hi], marker="osDv^P"[index % 6], capsize=3, label=label,
+                    color=colours[n % len(colours)])
     ax.axhline(WEAK, color="grey", linestyle="--", label=f"weak default (0 masks) {WEAK}")
     ax.axhline(REFERENCE, color="black", linestyle="--", label=f"reference (330 masks) {REFERENCE}")
     ax.plot([33], [TARGET], marker="*", markersize=12, color="red", linestyle="none", label=f"target at 33: {TARGET}")
