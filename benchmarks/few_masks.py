@@ -9,7 +9,8 @@ variant: semi.init, semi.pseudo_weight and --set>) that holds a copy of the sour
 and pseudo labels (--source, default /tmp/wsss-pipeline/i18_s0, only read), appends {masks, method,
 seed, val_miou, wall_s, settings...} to benchmarks/results/few_masks.jsonl (rows already there with
 the same masks, method, seed, epochs, limit and variant are skipped), and redraws the plot
-(benchmarks/results/few_masks.png, also logged to MLflow). `seed` sets both semi.seed (which images are masked) and segmenter.seed (training).
+(benchmarks/results/few_masks.png, also logged to MLflow). `seed` sets both semi.seed (which images
+are masked) and segmenter.seed (training).
 Settings are chosen on train scores: each row's train_miou is the segmenter's mIoU on the train
 images it had no mask of (scoring only; --no-train-score skips it, --rescore adds it to older rows
 whose scratch folder still holds the run).
