@@ -162,7 +162,9 @@ def run_row(args, planned: dict) -> dict | None:
                          "epochs": params["segmenter"]["epochs"] if not args.epochs else args.epochs,
                          **({"cotraining": semi["cotraining"]} if method == "cotraining" else {}),
                          **({"cyclegan": semi["cyclegan"], "generator_params": out.get("generator_params"),
-                             "discriminator_params": out.get("discriminator_params")} if method == "cyclegan" else {})},
+                             "discriminator_params": out.get("discriminator_params")} if method == "cyclegan" else {}),
+                         **({k: out.get(k) for k in ("rounds", "relabel_crf", "round_final_losses", "rounds_seconds")}
+                            if semi["rounds"] > 1 else {})},
             "source": str(args.source), **host()}
 
 

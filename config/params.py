@@ -399,6 +399,8 @@ class Semi(Section):
     init: Literal["as_segmenter", "weak_segmenter"] = "weak_segmenter"   # artifacts/segmenter.pt
     weak_branch: Literal["head", "classifier"] = "head"   # dual_branch: the pseudo labels' own head, or classifier only
     crf: bool = False                                # also score on val with CRF post-processing
+    rounds: int = Field(1, ge=1, le=5)               # > 1: self-training; each round relabels the unmasked images
+    relabel_crf: bool = True                         # rounds: the new labels pass through the dense CRF
     cotraining: CoTraining = CoTraining()
     cyclegan: CycleGan = CycleGan()
 
@@ -412,6 +414,10 @@ class Semi(Section):
         if self.method in SEMI_PSEUDO_ONLY and self.pseudo_weight == 0:
             raise _invalid(f"is 0, but semi.method {self.method} trains on the pseudo labels: use masks_only "
                            "(or a weight > 0)", "pseudo_weight")
+        if self.rounds > 1 and (self.method == "masks_only" or self.pseudo_weight == 0):
+            why = "masks_only" if self.method == "masks_only" else "semi.pseudo_weight 0"
+            raise _invalid(f"is {self.rounds}, but with {why} no round reads the unmasked images' labels, "
+                           "so a later round would train on what the first did: use rounds 1", "rounds")
         return self
 
 

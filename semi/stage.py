@@ -10,7 +10,7 @@ from config import paths
 from config.params import SEMI_METHODS
 from dataset import voc
 from models.segmenter import build_segmenter
-from semi import cotraining, cycle, dual
+from semi import cotraining, cycle, dual, rounds
 from semi.data import SemiCrops, SemiLabels, mixed_loader
 from semi.losses import Parts, supervised_batch_loss
 from semi.masks import MaskReader, choose, write_ids
@@ -42,8 +42,28 @@ def start_from(model, start=None, weak=None):
     return model
 
 
-def fit(semi: dict, masked: list[str], cfg: dict, root, ids: list[str], labels, n_classes: int, device, desc: str,
-        start=None, weak=None):
+def fit(semi: dict, masked: list[str], tags: dict[str, list[int]], cfg: dict, root, ids: list[str], labels,
+        n_classes: int, device, desc: str, start=None, weak=None):
+    """`fit_round` semi.rounds times, each from the same start: after a round the unmasked images
+    (`tags`: their image-level tags) are labelled again by its network (semi/rounds.py) and the next
+    round learns from those labels in place of the pseudo labels. The last round's network is the result."""
+    began, round_losses, chosen = time.perf_counter(), [], set(masked)
+    for r in range(1, semi["rounds"] + 1):
+        model, history, figures = fit_round(semi, masked, cfg, root, ids, labels, n_classes, device,
+                                            desc if semi["rounds"] == 1 else f"{desc} round {r}", start, weak)
+        round_losses.append(round(history[-1]["loss"], 5))
+        if r < semi["rounds"]:
+            crf = cfg["crf"] if semi["relabel_crf"] else None
+            unmasked = {i: tags[i] for i in ids if i not in chosen}
+            labels = SemiLabels(labels.masks, rounds.relabel(model, root, unmasked, cfg, device, crf), labels.sizes)
+    if semi["rounds"] > 1:
+        figures.update({"rounds": semi["rounds"], "relabel_crf": semi["relabel_crf"], "round_final_losses": round_losses,
+                        "rounds_seconds": round(time.perf_counter() - began, 1)})
+    return model, history, figures
+
+
+def fit_round(semi: dict, masked: list[str], cfg: dict, root, ids: list[str], labels, n_classes: int, device,
+              desc: str, start=None, weak=None):
     """training/segmentation.train's counterpart (same call and result) for the semi methods: the
     model to save and score (one segmenter, or the co-training ensemble), the history, and figures
     for the metrics (how many masks, which method, the batch, the step cost). weak: (state_dict, path)
@@ -119,8 +139,9 @@ def run(params: dict) -> dict:
     if semi["init"] == "weak_segmenter":
         weak = (checkpoints.read(paths.SEGMENTER)["state_dict"], str(paths.SEGMENTER))
         params["segmenter"] = {**params["segmenter"], "init": "imagenet"}   # no refiner start on top of it
+    tags = {r["id"]: list(r["tags"]) for r in rows}
     return train_and_score(params, labels, NAME, paths.SEMI_SEGMENTER, crf=semi["crf"],
-                           fit=functools.partial(fit, semi, masked, weak=weak))
+                           fit=functools.partial(fit, semi, masked, tags, weak=weak))
 
 
 def disabled() -> dict:
