@@ -41,25 +41,32 @@ def train_score(checkpoint: Path, manifest: Path, params: dict, exclude=()) -> t
     """(mIoU of the trained network's predictions on the train split against its ground-truth masks,
     seconds): val's inference settings, no CRF. Scoring only. `exclude`: ids left out (a semi run's
     masked images, which it trained on)."""
+    from training import checkpoints
+    from training.runtime import resolve_device
+
+    start = time.perf_counter()
+    model, _ = checkpoints.load(checkpoint, resolve_device(params["segmenter"]["device"]))
+    miou = split_score(model, manifest, params, params["data"]["train_split"], exclude)
+    return miou, round(time.perf_counter() - start, 1)
+
+
+def split_score(model, manifest: Path, params: dict, split: str, exclude=()) -> float | None:
+    """mIoU of a network's predictions on a split's images (but `exclude`) against their masks: val's
+    inference settings, no CRF. Scoring only."""
     import torch
 
     from dataset import voc
     from scoring.metrics import summary
-    from training import checkpoints
     from training.runtime import resolve_device
     from training.segmentation import evaluate
 
-    start = time.perf_counter()
     cfg = params["segmenter"]
-    device = resolve_device(cfg["device"])
-    model, _ = checkpoints.load(checkpoint, device)
     table, classes, root = voc.read_manifest(manifest)
     skip = set(exclude)
-    rows = [r for r in voc.split_rows(table, params["data"]["train_split"]) if r["id"] not in skip]
+    rows = [r for r in voc.split_rows(table, split) if r["id"] not in skip]
     with torch.no_grad():
-        plain, _, _ = evaluate(model, root, rows, len(classes), cfg, device, crf=False)
-    miou = summary(plain, classes)["miou"] if plain.sum() else None
-    return miou, round(time.perf_counter() - start, 1)
+        plain, _, _ = evaluate(model, root, rows, len(classes), cfg, resolve_device(cfg["device"]), crf=False)
+    return summary(plain, classes)["miou"] if plain.sum() else None
 
 
 def write_lines(name: str, lines: list[str]) -> Path:

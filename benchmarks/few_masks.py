@@ -28,9 +28,10 @@ import os
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-from common import REPO, RESULTS, copy_run, host, params_for, run_stages, train_score
+from common import REPO, RESULTS, copy_run, host, params_for, run_stages, split_score, train_score
 from config.params import SEMI_METHODS, SEMI_NEEDS_MASKS, SEMI_PSEUDO_ONLY
 
 SOURCE = Path("/tmp/wsss-pipeline/i18_s0")
@@ -103,6 +104,59 @@ def score_unmasked(work: Path, params: dict) -> tuple[float | None, float]:
                        exclude=read_ids(work / "artifacts/semi/masked_ids.txt"))
 
 
+@contextmanager
+def watched_rounds():
+    """Scoring-only view of a semi.rounds run (the stage runs in this process): keeps each round's
+    network and the labels each relabelling wrote, so the earlier rounds can be scored afterwards."""
+    from semi import rounds, stage
+    seen = {"models": [], "labels": []}
+    real_fit, real_relabel = stage.fit_round, rounds.relabel
+
+    def fit_round(*args, **kwargs):
+        out = real_fit(*args, **kwargs)
+        seen["models"].append(out[0])
+        return out
+
+    def relabel(*args, **kwargs):
+        seen["labels"].append(real_relabel(*args, **kwargs))
+        return seen["labels"][-1]
+    stage.fit_round, rounds.relabel = fit_round, relabel
+    try:
+        yield seen
+    finally:
+        stage.fit_round, rounds.relabel = real_fit, real_relabel
+
+
+def labels_miou(labels, ids: list[str], manifest: Path) -> float:
+    """mIoU of labels ({id: array} or a label store) on `ids` against their masks. Scoring only."""
+    import numpy as np
+
+    from dataset import voc
+    from scoring.metrics import confusion, summary
+    _, classes, root = voc.read_manifest(manifest)
+    total = np.zeros((len(classes), len(classes)), np.int64)
+    for image_id in ids:
+        total += confusion(voc.load_mask(root, image_id, len(classes)), labels[image_id], len(classes))
+    return summary(total, classes)["miou"]
+
+
+def score_rounds(work: Path, params: dict, seen: dict) -> list[dict]:
+    """Per earlier round: its network's val and unmasked-train mIoU, and the labels it wrote for the
+    next round against the pipeline's pseudo labels, both on the unmasked train images."""
+    from semi.masks import read_ids
+    from stores import labelstore
+    manifest = work / "artifacts/manifest.parquet"
+    masked = read_ids(work / "artifacts/semi/masked_ids.txt")
+    pseudo = labelstore.read_dict(work / "artifacts/pseudo_labels")
+    out = []
+    for r, (model, labels) in enumerate(zip(seen["models"][:-1], seen["labels"]), 1):
+        ids = sorted(labels)
+        out.append({"round": r, "val_miou": split_score(model, manifest, params, params["data"]["val_split"]),
+                    "train_miou": split_score(model, manifest, params, params["data"]["train_split"], masked),
+                    "labels_miou": labels_miou(labels, ids, manifest), "pseudo_labels_miou": labels_miou(pseudo, ids, manifest)})
+    return out
+
+
 def rescore(args, out: Path) -> None:
     """Add train_miou to full rows without one whose scratch folder still holds that very run (its
     metrics/semi.json has the row's val_miou); the rows file is rewritten atomically."""
@@ -146,12 +200,15 @@ def run_row(args, planned: dict) -> dict | None:
     overrides = ["semi.enabled=true", f"semi.masks={masks}", f"semi.method={method}", f"semi.seed={seed}",
                  f"segmenter.seed={seed}", *([f"semi.epochs={args.epochs}"] if args.epochs else []), *args.set]
     params = params_for(root, overrides)
-    start = time.perf_counter()
-    out = run_stages(["train_semi"], params, work)["train_semi"]["result"]
     semi = params["semi"]
+    start = time.perf_counter()
+    with watched_rounds() as seen:
+        out = run_stages(["train_semi"], params, work)["train_semi"]["result"]
     train_miou, score_seconds = (None, None) if args.no_train_score else score_unmasked(work, params)
+    wall = round(time.perf_counter() - start, 1)   # the stage and the train score, as in every row
+    earlier = score_rounds(work, params, seen) if semi["rounds"] > 1 else None
     return {"masks": masks, "method": method, "seed": seed, "val_miou": out.get("val_miou"),
-            "wall_s": round(time.perf_counter() - start, 1), "val_miou_crf": out.get("val_miou_crf"),
+            "wall_s": wall, "val_miou_crf": out.get("val_miou_crf"),
             "train_miou": train_miou, "train_score_seconds": score_seconds,
             "train_miou_scored_on": TRAIN_SCORED_ON,
             "n_masks": out["n_masks"], "n_unmasked": out["n_unmasked"], "epochs": args.epochs or None,
@@ -165,6 +222,7 @@ def run_row(args, planned: dict) -> dict | None:
                              "discriminator_params": out.get("discriminator_params")} if method == "cyclegan" else {}),
                          **({k: out.get(k) for k in ("rounds", "relabel_crf", "round_final_losses", "rounds_seconds")}
                             if semi["rounds"] > 1 else {})},
+            **({"earlier_rounds": earlier} if earlier else {}),
             "source": str(args.source), **host()}
 
 
