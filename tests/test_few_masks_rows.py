@@ -28,3 +28,23 @@ def test_scoring_only_overrides_and_an_unread_weight_do_not_make_a_new_variant()
     assert few_masks.key(row(overrides=["semi.crf=true"])) == few_masks.key(row())
     assert few_masks.key(row("masks_only", pseudo_weight=0.1)) == few_masks.key(row("masks_only"))
     assert few_masks.key(row(overrides=["semi.mask_share=0.75"])) != few_masks.key(row())
+
+
+def test_a_rounds_row_scores_its_earlier_round_and_the_labels_it_wrote(tmp_path, voc_fixture, monkeypatch):
+    from tests.test_semi import TINY, workspace
+
+    monkeypatch.setenv("WSSS_TRACKING", "off")
+    source = tmp_path / "source"
+    source.mkdir()
+    workspace(source, voc_fixture, monkeypatch)   # the source run: manifest and pseudo labels
+    monkeypatch.chdir(tmp_path)
+    args = argparse.Namespace(source=str(source), scratch=str(tmp_path / "scratch"), limit=0, epochs=0,
+                              no_train_score=False, set=[*TINY, "semi.rounds=2"])
+    row = few_masks.run_row(args, few_masks.probe(args, 2, "masks+pseudo", 0))
+
+    assert row["settings"]["rounds"] == 2 and len(row["settings"]["round_final_losses"]) == 2
+    (first,) = row["earlier_rounds"]
+    assert first["round"] == 1
+    for name in ("val_miou", "train_miou", "labels_miou", "pseudo_labels_miou"):
+        assert 0.0 <= first[name] <= 100.0, name
+    assert 0.0 <= row["train_miou"] <= 100.0 and row["wall_s"] > 0
