@@ -153,7 +153,8 @@ def score_rounds(work: Path, params: dict, seen: dict) -> list[dict]:
         ids = sorted(labels)
         out.append({"round": r, "val_miou": split_score(model, manifest, params, params["data"]["val_split"]),
                     "train_miou": split_score(model, manifest, params, params["data"]["train_split"], masked),
-                    "labels_miou": labels_miou(labels, ids, manifest), "pseudo_labels_miou": labels_miou(pseudo, ids, manifest)})
+                    "labels_miou": labels_miou(labels, ids, manifest),
+                    "pseudo_labels_miou": labels_miou(pseudo, ids, manifest)})
     return out
 
 
