@@ -127,17 +127,21 @@ def watched_rounds():
         stage.fit_round, rounds.relabel = real_fit, real_relabel
 
 
-def labels_miou(labels, ids: list[str], manifest: Path) -> float:
-    """mIoU of labels ({id: array} or a label store) on `ids` against their masks. Scoring only."""
+def labels_mious(label_sets: list, ids: list[str], manifest: Path) -> list[float]:
+    """mIoU of each label set ({id: array} or a label store) on `ids` against their masks, each mask
+    read once for all of them. Scoring only."""
     import numpy as np
 
     from dataset import voc
     from scoring.metrics import confusion, summary
     _, classes, root = voc.read_manifest(manifest)
-    total = np.zeros((len(classes), len(classes)), np.int64)
+    n = len(classes)
+    totals = np.zeros((len(label_sets), n, n), np.int64)
     for image_id in ids:
-        total += confusion(voc.load_mask(root, image_id, len(classes)), labels[image_id], len(classes))
-    return summary(total, classes)["miou"]
+        mask = voc.load_mask(root, image_id, n)
+        for total, labels in zip(totals, label_sets):
+            total += confusion(mask, labels[image_id], n)
+    return [summary(total, classes)["miou"] for total in totals]
 
 
 def score_rounds(work: Path, params: dict, seen: dict) -> list[dict]:
@@ -147,15 +151,13 @@ def score_rounds(work: Path, params: dict, seen: dict) -> list[dict]:
     from stores import labelstore
     manifest = work / "artifacts/manifest.parquet"
     masked = read_ids(work / "artifacts/semi/masked_ids.txt")
-    pseudo = labelstore.read_dict(work / "artifacts/pseudo_labels")
-    out = []
-    for r, (model, labels) in enumerate(zip(seen["models"][:-1], seen["labels"]), 1):
-        ids = sorted(labels)
-        out.append({"round": r, "val_miou": split_score(model, manifest, params, params["data"]["val_split"]),
-                    "train_miou": split_score(model, manifest, params, params["data"]["train_split"], masked),
-                    "labels_miou": labels_miou(labels, ids, manifest),
-                    "pseudo_labels_miou": labels_miou(pseudo, ids, manifest)})
-    return out
+    ids = sorted(seen["labels"][0])   # every relabelling labels the same (unmasked) images
+    pseudo_miou, *written = labels_mious([labelstore.read_dict(work / "artifacts/pseudo_labels"), *seen["labels"]],
+                                         ids, manifest)
+    return [{"round": r, "val_miou": split_score(model, manifest, params, params["data"]["val_split"]),
+             "train_miou": split_score(model, manifest, params, params["data"]["train_split"], masked),
+             "labels_miou": miou, "pseudo_labels_miou": pseudo_miou}
+            for r, (model, miou) in enumerate(zip(seen["models"][:-1], written), 1)]
 
 
 def rescore(args, out: Path) -> None:

@@ -48,13 +48,13 @@ def fit(semi: dict, masked: list[str], tags: dict[str, list[int]], cfg: dict, ro
     (`tags`: their image-level tags) are labelled again by its network (semi/rounds.py) and the next
     round learns from those labels in place of the pseudo labels. The last round's network is the result."""
     began, round_losses, chosen = time.perf_counter(), [], set(masked)
+    unmasked = {i: tags[i] for i in ids if i not in chosen}
+    crf = cfg["crf"] if semi["relabel_crf"] else None
     for r in range(1, semi["rounds"] + 1):
         model, history, figures = fit_round(semi, masked, cfg, root, ids, labels, n_classes, device,
                                             desc if semi["rounds"] == 1 else f"{desc} round {r}", start, weak)
         round_losses.append(round(history[-1]["loss"], 5))
         if r < semi["rounds"]:
-            crf = cfg["crf"] if semi["relabel_crf"] else None
-            unmasked = {i: tags[i] for i in ids if i not in chosen}
             labels = SemiLabels(labels.masks, rounds.relabel(model, root, unmasked, cfg, device, crf), labels.sizes)
     if semi["rounds"] > 1:
         figures.update({"rounds": semi["rounds"], "relabel_crf": semi["relabel_crf"], "round_final_losses": round_losses,
