@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -34,3 +35,25 @@ def voc_fixture(tmp_path) -> Path:
 def voc_mini_root() -> Path | None:
     root = os.environ.get("WSSS_VOC_MINI")
     return Path(root) if root and Path(root).is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def small_repro(tmp_path_factory) -> dict:
+    """One `dvc repro` of the whole pipeline with tests.test_pipeline_dvc.SMALL in a fresh copy of the
+    repo, shared by the tests that need a finished run (minutes on 2 cores, so run once per session).
+    {"repo": the copy (tests may change it afterwards), "run": the CompletedProcess, "snapshot": a
+    folder holding dvc.lock, metrics/ and plots/ as that first run left them, for tests that compare
+    against it after another test has changed the repo}."""
+    from tests.test_pipeline_dvc import SMALL, copy_repo, dvc, shrink
+
+    base = tmp_path_factory.mktemp("small_repro")
+    repo = copy_repo(base / "repo")
+    shrink(repo, SMALL)
+    run = dvc(repo, "repro")
+    snapshot = base / "snapshot"
+    snapshot.mkdir()
+    if run.returncode == 0:
+        shutil.copy2(repo / "dvc.lock", snapshot / "dvc.lock")
+        for folder in ("metrics", "plots"):
+            shutil.copytree(repo / folder, snapshot / folder)
+    return {"repo": repo, "run": run, "snapshot": snapshot}

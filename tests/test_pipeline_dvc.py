@@ -61,10 +61,8 @@ def dvc(repo: Path, *args) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_dvc_repro_demo_end_to_end(tmp_path):
-    repo = copy_repo(tmp_path / "repo")
-    shrink(repo, SMALL)
-    run = dvc(repo, "repro")
+def test_dvc_repro_demo_end_to_end(small_repro):
+    repo, run = small_repro["repo"], small_repro["run"]   # `dvc repro` with SMALL in a fresh copy
     assert run.returncode == 0, run.stdout + run.stderr
 
     maps = json.loads((repo / "metrics/maps.json").read_text())
