@@ -77,8 +77,9 @@ def write_lines(name: str, lines: list[str]) -> Path:
     return path
 
 
-def arms_args(doc: str, arms: dict, scratch: str, seeds: list[int]):
-    """Command line of a benchmark that runs each of `arms` (name -> params overrides) per seed."""
+def arms_args(doc: str, arms: dict, scratch: str, seeds: list[int], flags: dict | None = None):
+    """Command line of a benchmark that runs each of `arms` (name -> params overrides) per seed;
+    `flags`: the benchmark's own on/off switches, {"--name": help}."""
     import argparse
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=os.environ.get("WSSS_VOC_MINI"))
@@ -88,6 +89,8 @@ def arms_args(doc: str, arms: dict, scratch: str, seeds: list[int]):
     ap.add_argument("--set", action="append", default=[], help="params override for every arm")
     ap.add_argument("--note", default="")
     ap.add_argument("--dry-run", action="store_true", help="print the rows, do not append them")
+    for flag, text in (flags or {}).items():
+        ap.add_argument(flag, action="store_true", help=text)
     args = ap.parse_args()
     if not args.root:
         sys.exit("no dataset: pass --root or set WSSS_VOC_MINI")
