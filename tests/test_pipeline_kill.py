@@ -1,8 +1,9 @@
 """A `dvc repro` SIGKILLed in the middle of a stage, then plain `dvc repro`, ends where a run never killed ends.
 
 Two copies of the repo with the same small params: one runs `dvc repro` straight through (the
-session's shared run, conftest.small_repro, compared as it first finished); the other is killed (the whole process group, stage process included) while pseudo_labels is writing its labels
-(its temporary `artifacts/.pseudo_labels.*` folder exists), then `dvc repro` is run again with no other step.
+session's shared run, conftest.small_repro, compared as it first finished); the other is killed
+(the whole process group, stage process included) while pseudo_labels is writing its labels (its
+temporary `artifacts/.pseudo_labels.*` folder exists), then `dvc repro` is run again with no other step.
 The hashes dvc.lock records for every output must agree for the stages that are bit-deterministic on
 CPU (stages that ran before the kill in one process, and the interrupted stage and everything after
 it in the second one).
