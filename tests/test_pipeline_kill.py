@@ -17,6 +17,7 @@ dropped. A killed `dvc repro` needs no recovery step: DVC drops the dead PID's r
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -68,6 +69,13 @@ def lock_hashes(repo: Path) -> dict[str, dict[str, str]]:
     return {stage: {o["path"]: o["md5"] for o in body.get("outs", [])} for stage, body in lock["stages"].items()}
 
 
+def planned_stages(repo: Path) -> set[str]:
+    """The stages `dvc repro TARGET` runs in repo: TARGET and everything upstream (`dvc dag`)."""
+    dag = dvc(repo, "dag", "--mermaid", TARGET)
+    assert dag.returncode == 0, dag.stdout + dag.stderr
+    return set(re.findall(r'^\s*node\d+\["([^"]+)"\]', dag.stdout, re.M))
+
+
 def leftover_temporaries(repo: Path) -> list[str]:
     """atomic_path's `.NAME.xxxx` folders anywhere a stage writes."""
     return sorted(str(p.relative_to(repo)) for top in ("artifacts", "metrics", "plots", "reports")
@@ -106,13 +114,15 @@ def runs(tmp_path_factory, small_repro):
 
     killed = copy_repo(base / "killed")
     shrink(killed, SMALL)
+    planned = planned_stages(killed)
     kill_mid_write(killed, base / "killed.log")
     after_kill = {"temporaries": leftover_temporaries(killed),
                   "lock": lock_hashes(killed) if (killed / "dvc.lock").exists() else {}}
     # What a user does after the crash: run it again. Nothing to unlock or clean by hand.
     resumed = dvc(killed, "repro", TARGET)
     assert resumed.returncode == 0, "plain `dvc repro` after a SIGKILL failed:\n" + resumed.stdout + resumed.stderr
-    return {"straight": small_repro["snapshot"], "killed": killed, "after_kill": after_kill, "resumed": resumed}
+    return {"straight": small_repro["snapshot"], "killed": killed, "after_kill": after_kill, "resumed": resumed,
+            "planned": planned}
 
 
 @pytest.mark.slow
@@ -126,9 +136,11 @@ def test_killed_then_resumed_repro_matches_uninterrupted(runs):
     assert f"Running stage '{KILLED_STAGE}'" in resumed.stdout
     assert "Running stage 'train_classifier'" not in resumed.stdout
 
-    # The straight run went on past the labels; compare the stages the killed copy ran.
+    # The straight run went on past the labels; compare the stages `dvc repro TARGET` runs, every one
+    # of which the killed copy must have recorded.
     straight, killed = lock_hashes(runs["straight"]), lock_hashes(runs["killed"])
-    assert KILLED_STAGE in killed and set(killed) <= set(straight), (set(straight), set(killed))
+    assert KILLED_STAGE in runs["planned"] and set(killed) == runs["planned"], (runs["planned"], set(killed))
+    assert set(killed) <= set(straight), (set(straight), set(killed))
     mismatched = [f"{stage}: {path}" for stage, outs in killed.items() for path, md5 in outs.items()
                   if path not in VARYING and straight[stage].get(path) != md5]
     assert not mismatched, f"outputs differ from the uninterrupted run: {mismatched}"
