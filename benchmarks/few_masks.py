@@ -223,7 +223,8 @@ def run_row(args, planned: dict) -> dict | None:
                          **({"cotraining": semi["cotraining"]} if method == "cotraining" else {}),
                          **({"cyclegan": semi["cyclegan"], "generator_params": out.get("generator_params"),
                              "discriminator_params": out.get("discriminator_params")} if method == "cyclegan" else {}),
-                         **({k: out.get(k) for k in ("rounds", "relabel_crf", "round_final_losses", "rounds_seconds")}
+                         **({k: out.get(k) for k in ("rounds", "relabel_crf", "relabel_weight", "round_final_losses",
+                                                      "rounds_seconds")}
                             if semi["rounds"] > 1 else {})},
             **({"earlier_rounds": earlier} if earlier else {}),
             "source": str(args.source), **host()}

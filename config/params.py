@@ -401,6 +401,7 @@ class Semi(Section):
     crf: bool = False                                # also score on val with CRF post-processing
     rounds: int = Field(1, ge=1, le=5)               # > 1: self-training; each round relabels the unmasked images
     relabel_crf: bool = True                         # rounds: the new labels pass through the dense CRF
+    relabel_weight: Weight = 0.1                     # rounds: loss weight of the new labels in the later rounds
     cotraining: CoTraining = CoTraining()
     cyclegan: CycleGan = CycleGan()
 
@@ -418,6 +419,9 @@ class Semi(Section):
             why = "masks_only" if self.method == "masks_only" else "semi.pseudo_weight 0"
             raise _invalid(f"is {self.rounds}, but with {why} no round reads the unmasked images' labels, "
                            "so a later round would train on what the first did: use rounds 1", "rounds")
+        if self.rounds > 1 and self.relabel_weight == 0:
+            raise _invalid(f"is 0, but semi.rounds {self.rounds} relabels the unmasked images for the later rounds "
+                           "to learn from: give it a weight > 0, or use rounds 1", "relabel_weight")
         return self
 
 

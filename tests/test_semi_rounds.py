@@ -37,16 +37,20 @@ def test_rounds_need_labels_to_read():
         load(REPO / "params.yaml", ["semi.rounds=2", "semi.method=masks_only"])
     with pytest.raises(ParamsError, match=r"semi\.rounds: 0 is below the minimum 1"):
         load(REPO / "params.yaml", ["semi.rounds=0"])
+    with pytest.raises(ParamsError, match=r"semi\.relabel_weight: is 0, but semi\.rounds 2"):
+        load(REPO / "params.yaml", ["semi.rounds=2", "semi.relabel_weight=0"])
+    load(REPO / "params.yaml", ["semi.relabel_weight=0"])   # one round relabels nothing: the weight is unused
 
 
 def test_a_second_round_trains_on_the_first_rounds_labels(tmp_path, voc_fixture, monkeypatch):
     monkeypatch.setenv("WSSS_TRACKING", "off")
     params = workspace(tmp_path, voc_fixture, monkeypatch, ["semi.method=masks+pseudo", "semi.rounds=2",
-                                                            "semi.relabel_crf=true"])
-    seen, read = [], []
+                                                            "semi.relabel_crf=true", "semi.relabel_weight=0.5"])
+    seen, read, weights = [], [], []
     real_round, real_mask = stage.fit_round, voc.load_mask
     monkeypatch.setattr(stage, "fit_round", lambda semi, masked, cfg, root, ids, labels, *a, **k:
-                        seen.append(labels) or real_round(semi, masked, cfg, root, ids, labels, *a, **k))
+                        seen.append(labels) or weights.append(semi["pseudo_weight"])
+                        or real_round(semi, masked, cfg, root, ids, labels, *a, **k))
     monkeypatch.setattr(voc, "load_mask", lambda root, i, n: read.append(i) or real_mask(root, i, n))
     result = train_semi.main(params)
 
@@ -54,6 +58,8 @@ def test_a_second_round_trains_on_the_first_rounds_labels(tmp_path, voc_fixture,
     train = voc.read_split(voc_fixture, "train")
     unmasked = [i for i in train if i not in listed]
     assert len(seen) == 2 and result["rounds"] == 2 and len(result["round_final_losses"]) == 2
+    assert weights == [0.1, 0.5]                                   # semi.relabel_weight weighs round 2's labels
+    assert (result["pseudo_weight"], result["relabel_weight"]) == (0.1, 0.5)
     assert {i for i in read if i in train} == set(listed)          # relabelling reads no mask
     first, second = seen
     assert second.pseudo is not first.pseudo and sorted(second.pseudo) == sorted(unmasked)
