@@ -50,19 +50,18 @@ def fit(semi: dict, masked: list[str], tags: dict[str, list[int]], cfg: dict, ro
     began, round_losses, chosen = time.perf_counter(), [], set(masked)
     unmasked = {i: tags[i] for i in ids if i not in chosen}
     crf = cfg["crf"] if semi["relabel_crf"] else None
-    this_round = semi
+    later = {**semi, "pseudo_weight": semi["relabel_weight"]}   # later rounds: the new labels' own weight
     for r in range(1, semi["rounds"] + 1):
-        model, history, figures = fit_round(this_round, masked, cfg, root, ids, labels, n_classes, device,
-                                            desc if semi["rounds"] == 1 else f"{desc} round {r}", start, weak)
+        model, history, figures = fit_round(semi if r == 1 else later, masked, cfg, root, ids, labels, n_classes,
+                                            device, desc if semi["rounds"] == 1 else f"{desc} round {r}", start, weak)
         round_losses.append(round(history[-1]["loss"], 5))
         if r == 1:
             first_weight = figures["pseudo_weight"]   # as fit_round says it: 0 when no image was left unmasked
         if r < semi["rounds"]:
             labels = SemiLabels(labels.masks, rounds.relabel(model, root, unmasked, cfg, device, crf), labels.sizes)
-            this_round = {**semi, "pseudo_weight": semi["relabel_weight"]}   # the new labels' own weight
     if semi["rounds"] > 1:
         figures.update({"rounds": semi["rounds"], "relabel_crf": semi["relabel_crf"],
-                        "pseudo_weight": first_weight, "relabel_weight": this_round["pseudo_weight"],
+                        "pseudo_weight": first_weight, "relabel_weight": semi["relabel_weight"],
                         "round_final_losses": round_losses,
                         "rounds_seconds": round(time.perf_counter() - began, 1)})
     return model, history, figures
