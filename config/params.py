@@ -390,6 +390,7 @@ class Semi(Section):
     enabled: bool = False
     masks: Annotated[Any, AfterValidator(_mask_choice)] = 33   # a count (seeded choice) or a list of ids
     seed: int = Field(0, ge=0)                                 # which images a count chooses
+    choice: Literal["random", "balanced"] = "random"   # a count's order: seeded, or seeded and tag-balanced
     method: Literal[SEMI_METHODS] = "masks+pseudo"
     mask_share: float = Field(0.5, gt=0.0, le=1.0)   # share of each batch drawn from the masked images
     pseudo_weight: Weight = 0.1                      # loss weight of the unmasked images' pseudo labels (0: unread)

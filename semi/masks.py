@@ -18,20 +18,25 @@ class UnlistedMask(voc.DataError):
     """A training mask that is not one of the masked images was asked for."""
 
 
-def choose(rows: list[dict], masks: int | list[str], seed: int, split: str) -> list[str]:
+def choose(rows: list[dict], masks: int | list[str], seed: int, split: str, choice: str = "random") -> list[str]:
     """The masked images among a split's manifest rows, in split order.
 
-    masks: a count: the first N of a seeded permutation of the split's images that have a mask
-    (so for one seed, 10 chosen images are among the 33, and those among the 100); or the ids
-    themselves, each of which must be in the split and have a mask.
+    masks: a count: the first N of a seeded order of the split's images that have a mask (so for one
+    seed, 10 chosen images are among the 33, and those among the 100); or the ids themselves, each of
+    which must be in the split and have a mask. choice (counts only): the order is a seeded permutation
+    (`random`), or `balanced` (by image-level tags, see balanced_order).
     """
-    have = [r["id"] for r in rows if r["has_mask"]]
+    have = [r for r in rows if r["has_mask"]]
     if isinstance(masks, int):
         if masks > len(have):
             raise voc.DataError(f"semi.masks: {masks} masks asked for, but only {len(have)} images of split "
                                 f"{split!r} have one")
-        order = np.random.default_rng(seed).permutation(len(have))
-        chosen = {have[i] for i in order[:masks]}
+        order = np.random.default_rng(seed).permutation(len(have)).tolist()
+        if choice == "balanced":
+            order = [order[j] for j in balanced_order([have[i]["tags"] for i in order], masks)]
+        elif choice != "random":
+            raise ValueError(f"semi.choice: unknown {choice!r} (random | balanced)")
+        chosen = {have[i]["id"] for i in order[:masks]}
     else:
         in_split = {r["id"]: r["has_mask"] for r in rows}
         for image_id in masks:
@@ -44,6 +49,22 @@ def choose(rows: list[dict], masks: int | list[str], seed: int, split: str) -> l
     return [r["id"] for r in rows if r["id"] in chosen]
 
 
+def balanced_order(tags: list, n: int) -> list[int]:
+    """Indices into `tags` (each image's image-level classes, in a seeded order): the first n picked
+    greedily so that every class gets masks before any gets many. Each pick is the first image whose
+    least-masked class has the fewest masks so far (tags only: no mask is read to choose), so a class
+    that a random 10% misses gets one, and the person-heavy images stop crowding out the rest.
+    Prefix-stable like the random order: the first 10 of 33 are the 10 of a count of 10."""
+    counts: dict[int, int] = {}
+    left, picked = list(range(len(tags))), []
+    for _ in range(min(n, len(tags))):
+        rarest = [min((counts.get(t, 0) for t in tags[i]), default=float("inf")) for i in left]
+        best = rarest.index(min(rarest))   # ties: the seeded order decides
+        i = left.pop(best)
+        picked.append(i)
+        for t in tags[i]:
+            counts[t] = counts.get(t, 0) + 1
+    return picked + left
 def write_ids(path: str | Path, ids: list[str], header: str) -> None:
     """One id a line after `# ` header lines (atomic): the record DVC versions."""
     comments = "".join(f"# {line}\n" for line in header.splitlines())

@@ -82,6 +82,7 @@ def fit_round(semi: dict, masked: list[str], cfg: dict, root, ids: list[str], la
     parts, n_masked = Parts(), len(masked)
     figures = {"enabled": True, "supervision": "semi", "method": method, "n_masks": n_masked,
                "n_unmasked": len(unmasked), "mask_share": semi["mask_share"],
+               "mask_choice": semi["choice"] if isinstance(semi["masks"], int) else "listed",
                "semi_init": "weak_segmenter" if weak is not None else cfg["init"],
                "pseudo_weight": semi["pseudo_weight"] if labels.pseudo is not None and unmasked else 0.0,
                "predicts_with": {"cotraining": "ensemble mean", "dual_branch": "the strong (masks') head"}.get(
@@ -126,8 +127,8 @@ def run(params: dict) -> dict:
     manifest, classes, root = voc.read_manifest(paths.MANIFEST)
     split = params["data"]["train_split"]
     rows = voc.split_rows(manifest, split)
-    masked = choose(rows, semi["masks"], semi["seed"], split)
-    how = (f"semi.masks={semi['masks']} seed={semi['seed']}" if isinstance(semi["masks"], int)
+    masked = choose(rows, semi["masks"], semi["seed"], split, semi["choice"])
+    how = (f"semi.masks={semi['masks']} seed={semi['seed']} choice={semi['choice']}" if isinstance(semi["masks"], int)
            else "semi.masks: a list of ids")
     write_ids(paths.SEMI_MASKED_IDS, masked,
               f"masked training images of train_semi ({how}, split {split!r}, {len(masked)} of {len(rows)}):\n"

@@ -39,6 +39,21 @@ def test_a_count_is_a_seeded_choice_and_smaller_counts_are_subsets():
     assert "im3" not in semi_masks.choose(rows(5, without_mask={"im3"}), 4, 0, "train")
 
 
+def test_a_balanced_choice_covers_every_tagged_class_before_repeating_one():
+    # 16 person-only images and one each of classes 1..3 (with a person): a random 4 mostly misses some
+    r = [{"id": f"p{i}", "has_mask": True, "tags": [15]} for i in range(16)]
+    r += [{"id": f"c{c}", "has_mask": True, "tags": [c, 15]} for c in (1, 2, 3)]
+    for seed in range(5):
+        four = semi_masks.choose(r, 4, seed, "train", "balanced")
+        assert {"c1", "c2", "c3"} <= set(four)            # each rare class is masked once
+        assert set(semi_masks.choose(r, 2, seed, "train", "balanced")) <= set(four)   # prefix-stable
+        assert four == semi_masks.choose(r, 4, seed, "train", "balanced")
+    assert semi_masks.balanced_order([[1], [1], [2], [1, 2], [3]], 3) == [0, 2, 4, 1, 3]
+    assert semi_masks.balanced_order([[], [1]], 1) == [1, 0]   # an untagged image comes last
+    with pytest.raises(ValueError, match="semi.choice: unknown 'best'"):
+        semi_masks.choose(r, 4, 0, "train", "best")
+
+
 def test_a_list_of_ids_is_checked_against_the_split():
     r = rows(5, without_mask={"im4"})
     assert semi_masks.choose(r, ["im2", "im0"], 0, "train") == ["im0", "im2"]
