@@ -379,7 +379,17 @@ class CycleGan(Section):
     cycle_mask_weight: Weight = 0.5                # CE, mask -> G -> S -> mask
 
 
-SEMI_METHODS = ("masks_only", "masks+pseudo", "dual_branch", "cotraining", "cyclegan")
+class CutMix(Section):
+    """semi.method cutmix (semi/cutmix.py; French et al. 2020): the unmasked images cut and mixed in
+    pairs, learning the mixed pseudo labels and a mean teacher's mixed confident classes."""
+
+    consistency_weight: Weight = 1.0                    # the teacher's classes on the mixed images (ramped up)
+    confidence: float = Field(0.9, ge=0.0, le=1.0)      # teacher pixels below this are ignored
+    teacher_decay: float = Field(0.99, ge=0.0, lt=1.0)  # the teacher's moving average of the student's weights
+    box_share: float = Field(0.5, gt=0.0, lt=1.0)       # share of a mixed image its own box keeps
+
+
+SEMI_METHODS = ("masks_only", "masks+pseudo", "dual_branch", "cotraining", "cyclegan", "cutmix")
 SEMI_NEEDS_MASKS = ("masks_only", "cyclegan")        # learn from real masks only: 0 masks is meaningless
 SEMI_PSEUDO_ONLY = ("masks+pseudo", "dual_branch")   # their only signal beyond the masks is the pseudo labels
 
@@ -405,6 +415,7 @@ class Semi(Section):
     relabel_weight: Weight = 0.1                     # rounds: loss weight of the new labels in the later rounds
     cotraining: CoTraining = CoTraining()
     cyclegan: CycleGan = CycleGan()
+    cutmix: CutMix = CutMix()
 
     @model_validator(mode="after")
     def _method_needs(self) -> "Semi":

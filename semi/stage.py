@@ -10,7 +10,7 @@ from config import paths
 from config.params import SEMI_METHODS
 from dataset import voc
 from models.segmenter import build_segmenter
-from semi import cotraining, cycle, dual, rounds
+from semi import cotraining, cutmix, cycle, dual, rounds
 from semi.data import SemiCrops, SemiLabels, mixed_loader
 from semi.losses import Parts, supervised_batch_loss
 from semi.masks import MaskReader, choose, write_ids
@@ -85,7 +85,8 @@ def fit_round(semi: dict, masked: list[str], cfg: dict, root, ids: list[str], la
                "mask_choice": semi["choice"] if isinstance(semi["masks"], int) else "listed",
                "semi_init": "weak_segmenter" if weak is not None else cfg["init"],
                "pseudo_weight": semi["pseudo_weight"] if labels.pseudo is not None and unmasked else 0.0,
-               "predicts_with": {"cotraining": "ensemble mean", "dual_branch": "the strong (masks') head"}.get(
+               "predicts_with": {"cotraining": "ensemble mean", "dual_branch": "the strong (masks') head",
+                                 "cutmix": "the student"}.get(
                    method, "one segmenter")}
     begin = functools.partial(start_from, start=start, weak=weak)
     if method in ("masks_only", "masks+pseudo"):
@@ -108,6 +109,9 @@ def fit_round(semi: dict, masked: list[str], cfg: dict, root, ids: list[str], la
         model = cycle.CycleModel(segmenter, n_classes, gan["size"], gan["generator_width"], gan["discriminator_width"])
         batch_loss = cycle.batch_loss_fn(cfg, semi, n_masked, total_steps, parts)
         figures.update(model.parameter_counts())
+    elif method == "cutmix":
+        model = cutmix.MeanTeacher(begin(build_segmenter(cfg, n_classes)), semi["cutmix"]["teacher_decay"])
+        batch_loss = cutmix.batch_loss_fn(cfg, semi, n_masked, total_steps, parts)
     else:
         raise ValueError(f"semi.method: unknown {method!r}")
     began = time.perf_counter()
@@ -116,7 +120,7 @@ def fit_round(semi: dict, masked: list[str], cfg: dict, root, ids: list[str], la
     figures.update({"step_seconds": round((time.perf_counter() - began) / steps, 3), "steps": total_steps,
                     "world_size": 1, "batch_per_rank": cfg["batch_size"], "global_batch": cfg["batch_size"],
                     "masked_per_batch": loader.batch_sampler.k, "epoch_images": epoch_images})
-    return (model.segmenter if method in ("cyclegan", "dual_branch") else model), history, figures
+    return (model.segmenter if method in ("cyclegan", "dual_branch", "cutmix") else model), history, figures
 
 
 def run(params: dict) -> dict:

@@ -138,7 +138,7 @@ def workspace(tmp_path, voc_fixture, monkeypatch, extra=()):
     return params
 
 
-@pytest.mark.parametrize("method", ["masks_only", "masks+pseudo", "dual_branch", "cotraining", "cyclegan"])
+@pytest.mark.parametrize("method", ["masks_only", "masks+pseudo", "dual_branch", "cotraining", "cyclegan", "cutmix"])
 def test_each_method_reads_only_the_listed_training_masks(tmp_path, voc_fixture, monkeypatch, method):
     monkeypatch.setenv("WSSS_TRACKING", "off")
     params = workspace(tmp_path, voc_fixture, monkeypatch, [f"semi.method={method}"])
