@@ -5,20 +5,21 @@ cyclegan generator's size: what the few-masks runs will cost before running them
 
 Random batches of the segmenter section's shape (batch_size x crop_size, half masked), the real
 optimiser, freezing and precision of trainer.fit; the first step of each method is a warm-up.
-Writes benchmarks/results/semi_step_cost.json.
+Writes benchmarks/results/semi_step_cost.json (--out: another file).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
 from common import REPO, RESULTS, host, params_for   # noqa: F401  (common puts the repository on sys.path)
 from models.backbones import freeze_prefix
 from models.segmenter import build_segmenter
-from semi import cotraining, cycle
+from semi import cotraining, cutmix, cycle
 from semi.losses import Parts, supervised_batch_loss
 from training.runtime import autocast, place, resolve_device, resolve_precision
 from training.segmentation import segmentation_loss
@@ -37,6 +38,9 @@ def build(method: str, params: dict, n_classes: int, parts: Parts):
     if method == "cotraining":
         model = cotraining.build_members(cfg, n_classes, semi["cotraining"]["members"])
         return model, cotraining.batch_loss_fn(cfg, semi, n_masked, 1000, 1000, parts)[0]
+    if method == "cutmix":
+        model = cutmix.MeanTeacher(build_segmenter(cfg, n_classes), semi["cutmix"]["teacher_decay"])
+        return model, cutmix.batch_loss_fn(cfg, semi, n_masked, 1000, parts)
     gan = semi["cyclegan"]
     model = cycle.CycleModel(build_segmenter(cfg, n_classes), n_classes, gan["size"], gan["generator_width"],
                              gan["discriminator_width"])
@@ -46,8 +50,10 @@ def build(method: str, params: dict, n_classes: int, parts: Parts):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--methods", nargs="*", default=["train_segmenter", "masks+pseudo", "cotraining", "cyclegan"])
+    ap.add_argument("--methods", nargs="*", default=["train_segmenter", "masks+pseudo", "cotraining", "cyclegan",
+                                                      "cutmix"])
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--out", default=str(RESULTS / "semi_step_cost.json"))
     args = ap.parse_args()
     params = params_for("data/demo", ["segmenter.device=cpu", *args.set])
     cfg, n_classes = params["segmenter"], 21
@@ -83,7 +89,7 @@ def main() -> None:
     base = out["seconds_per_step"].get("train_segmenter")
     if base:
         out["relative"] = {m: round(v / base, 2) for m, v in out["seconds_per_step"].items()}
-    (RESULTS / "semi_step_cost.json").write_text(json.dumps(out, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
 
