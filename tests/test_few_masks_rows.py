@@ -66,4 +66,4 @@ def test_a_rounds_row_scores_its_earlier_round_and_the_labels_it_wrote(tmp_path,
     for name in ("val_miou", "train_miou", "labels_miou", "pseudo_labels_miou"):
         assert 0.0 <= first[name] <= 100.0, name
     assert 0.0 <= row["train_miou"] <= 100.0 and row["wall_s"] > 0
-    assert row["source_id"] == args.source_id
+    assert row["source_id"] == args.source_id and row["settings"]["choice"] == "random"
