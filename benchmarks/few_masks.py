@@ -285,7 +285,7 @@ def plot(rows: list[dict], path: Path) -> Path:
     ax.set_xlim(-1, 450)
     ax.set_xlabel("training images with a ground-truth mask (voc2012-mini train: 330)")
     ax.set_ylabel("val mIoU (%), no CRF")
-    ax.set_title("How many masks does a user need? (semi-supervised, train_semi)")
+    ax.set_title("How many masks does a user need? (semi-supervised, train_semi)", loc="left")   # centred, it overran the figure
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))   # beside: points sit everywhere
     ax.grid(alpha=0.3)
     fig.tight_layout()
