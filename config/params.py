@@ -431,6 +431,9 @@ class Semi(Section):
             why = "masks_only" if self.method == "masks_only" else "semi.pseudo_weight 0"
             raise _invalid(f"is {self.rounds}, but with {why} no round reads the unmasked images' labels, "
                            "so a later round would train on what the first did: use rounds 1", "rounds")
+        if self.choice != "random" and not isinstance(self.masks, int):
+            raise _invalid(f"is {self.choice}, but semi.masks is a list of ids: the choice orders a count's images "
+                           "(use a count, or choice random)", "choice")
         if self.rounds > 1 and self.relabel_weight == 0:
             raise _invalid(f"is 0, but semi.rounds {self.rounds} relabels the unmasked images for the later rounds "
                            "to learn from: give it a weight > 0, or use rounds 1", "relabel_weight")

@@ -50,6 +50,9 @@ def test_a_balanced_choice_covers_every_tagged_class_before_repeating_one():
         assert four == semi_masks.choose(r, 4, seed, "train", "balanced")
     assert semi_masks.balanced_order([[1], [1], [2], [1, 2], [3]], 3) == [0, 2, 4, 1, 3]
     assert semi_masks.balanced_order([[], [1]], 1) == [1, 0]   # an untagged image comes last
+    with pytest.raises(ParamsError, match=r"semi\.choice: is balanced, but semi.masks is a list of ids"):
+        load(REPO / "params.yaml", ["semi.choice=balanced", "semi.masks=[im0, im1]"])
+    assert load(REPO / "params.yaml", ["semi.choice=balanced"])["semi"]["choice"] == "balanced"
     with pytest.raises(ValueError, match="semi.choice: unknown 'best'"):
         semi_masks.choose(r, 4, 0, "train", "best")
 
