@@ -65,7 +65,8 @@ def main() -> None:
     batch = [place(t, device) for t in (x, labels, torch.arange(b))]
     out = {"settings": {"batch_size": b, "crop_size": s, "backbone": cfg["backbone"], "head": cfg["head"],
                         "precision": resolve_precision(device, cfg["precision"]), "members": params["semi"]["cotraining"]["members"],
-                        "cyclegan": params["semi"]["cyclegan"]}, "seconds_per_step": {}, **host()}
+                        "cyclegan": params["semi"]["cyclegan"], "cutmix": params["semi"]["cutmix"]},
+           "seconds_per_step": {}, **host()}
     for method in args.methods:
         parts = Parts()
         model, loss_fn = build(method, params, n_classes, parts)
