@@ -330,10 +330,10 @@ def main() -> None:
     if args.rescore:
         return rescore(args, Path(args.out))
     out = Path(args.out)
-    args.source_id = source_id(Path(args.source))
     # the stage runs land in the project's MLflow store (tagged supervision: semi), not the scratch folders'
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path('mlflow.db').resolve()}")
     if not args.plot_only:
+        args.source_id = source_id(Path(args.source))   # only runs need it: --plot-only reads no source
         if Path(args.scratch).resolve().is_relative_to(Path(args.source).resolve()):
             sys.exit(f"--scratch {args.scratch} lies inside --source {args.source}: the source is only read")
         done = {key(r) for r in read_rows(out)}

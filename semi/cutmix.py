@@ -126,7 +126,7 @@ def batch_loss_fn(cfg: dict, semi: dict, n_masked: int, total_steps: int, parts:
             parts.add(confident=float((target != IGNORE).float().mean()))
         logits, aux = logits_and_aux(model.segmenter, x)
         on_masks, on_pseudo = supervised(cfg, logits, labels, masked, unmasked, semi["pseudo_weight"], aux)
-        on_teacher = part_loss(cfg, logits, consistency_labels, unmasked) if n > 1 else logits.sum() * 0.0
+        on_teacher = part_loss(cfg, logits, consistency_labels, unmasked)   # 0 when nothing was mixed (all ignored)
         ramp = rampup(state["step"], total_steps, semi["rampup"])
         state["step"] += 1
         parts.add(loss_masks=on_masks.detach(), loss_pseudo=on_pseudo.detach(), loss_consistency=on_teacher.detach())

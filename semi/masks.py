@@ -65,6 +65,8 @@ def balanced_order(tags: list, n: int) -> list[int]:
         for t in tags[i]:
             counts[t] = counts.get(t, 0) + 1
     return picked + left
+
+
 def write_ids(path: str | Path, ids: list[str], header: str) -> None:
     """One id a line after `# ` header lines (atomic): the record DVC versions."""
     comments = "".join(f"# {line}\n" for line in header.splitlines())
