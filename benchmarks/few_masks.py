@@ -40,19 +40,27 @@ TRAIN_SCORED_ON = "the unmasked train images' ground-truth masks (val inference 
 WEAK, REFERENCE, TARGET = 41.16, 54.5, 47.0   # val mIoU: weak default, reference (330 masks), issue 20's target at 33
 
 
-EXPLICIT = ("semi.init", "semi.pseudo_weight")   # always part of a variant: their defaults changed (fourteenth session)
+# always part of a variant: their defaults changed (init and pseudo_weight in the fourteenth session,
+# cutmix's consistency weight in the twentieth), so a row says its value whether or not it was --set
+EXPLICIT = ("semi.init", "semi.pseudo_weight", "semi.cutmix.consistency_weight")
+CUTMIX_FIRST_WEIGHT = 1.0   # cutmix rows without settings.cutmix ran at the first default
 SCORING_ONLY = ("semi.crf",)                     # changes the scores a run reports, not the run
 
 
 def variant(row: dict) -> tuple[str, ...]:
     """What a row trained with beyond masks, method and seed: semi.init and semi.pseudo_weight always
     (rows without settings.init predate it and ran as_segmenter; masks_only reads no pseudo label, so
-    its weight is left out), then the other --set overrides except scoring-only ones."""
+    its weight is left out), cutmix's consistency weight for cutmix rows, then the other --set
+    overrides except scoring-only ones."""
     given = dict(o.split("=", 1) for o in row.get("overrides", []))
     settings = row.get("settings", {})
     init = settings.get("init") or given.get("semi.init", "as_segmenter")
     weight = [] if row["method"] == "masks_only" else [f"pseudo_weight={float(settings['pseudo_weight'])}"]
     fixed = [f"init={init}", *weight]
+    if row["method"] == "cutmix":
+        cutmix = settings.get("cutmix") or {}
+        consistency = cutmix.get("consistency_weight", given.get("semi.cutmix.consistency_weight", CUTMIX_FIRST_WEIGHT))
+        fixed.append(f"cutmix.consistency_weight={float(consistency)}")
     # rows before the source was fingerprinted (all on the first, bf16 build of it) have no source_id
     source = [f"source={row['source_id']}"] if row.get("source_id") else []
     return (*fixed, *(o for o in row.get("overrides", []) if o.split("=", 1)[0] not in EXPLICIT + SCORING_ONLY),
@@ -206,8 +214,9 @@ def probe(args, masks: int, method: str, seed: int) -> dict:
     from config.params import load
     semi = load(REPO / "params.yaml", [f"semi.masks={masks}", f"semi.method={method}", *args.set])["semi"]
     return {"masks": masks, "method": method, "seed": seed, "epochs": args.epochs or None, "limit": args.limit,
-            "overrides": args.set, "settings": {"init": semi["init"], "pseudo_weight": semi["pseudo_weight"]},
-            "source_id": args.source_id}
+            "overrides": args.set, "source_id": args.source_id,
+            "settings": {"init": semi["init"], "pseudo_weight": semi["pseudo_weight"],
+                         **({"cutmix": semi["cutmix"]} if method == "cutmix" else {})}}
 
 
 def run_row(args, planned: dict) -> dict | None:

@@ -30,6 +30,20 @@ def test_scoring_only_overrides_and_an_unread_weight_do_not_make_a_new_variant()
     assert few_masks.key(row(overrides=["semi.mask_share=0.75"])) != few_masks.key(row())
 
 
+def test_a_cutmix_row_says_its_consistency_weight_whether_or_not_it_was_set():
+    first = row("cutmix", init="weak_segmenter", pseudo_weight=0.1)     # before settings.cutmix: weight 1.0
+    said = row("cutmix", ["semi.cutmix.consistency_weight=1.0"], init="weak_segmenter", pseudo_weight=0.1,
+               cutmix={"consistency_weight": 1.0})
+    assert few_masks.key(first) == few_masks.key(said)
+    light = {"init": "weak_segmenter", "pseudo_weight": 0.1, "cutmix": {"consistency_weight": 0.1}}
+    set_light = row("cutmix", ["semi.cutmix.consistency_weight=0.1"], **light)
+    assert few_masks.key(set_light) == few_masks.key(row("cutmix", **light))   # 0.1 as a default or --set
+    assert few_masks.key(set_light) != few_masks.key(first)
+    args = argparse.Namespace(set=["semi.cutmix.consistency_weight=0.1"], epochs=0, limit=0, source_id=None)
+    assert few_masks.key(few_masks.probe(args, 33, "cutmix", 0)) == few_masks.key(set_light)
+    assert few_masks.workdir("/s", few_masks.probe(args, 33, "cutmix", 0)) == few_masks.workdir("/s", set_light)
+
+
 def test_rows_from_another_source_build_are_another_variant(tmp_path):
     def source(weights: bytes, labels: bytes):
         root = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
