@@ -6,6 +6,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,35 @@ def test_dvc_grouping_logic(toy_repo, monkeypatch, capfd):
 ])
 def test_dvc_command_lines(cmdline, args):
     assert tracking._dvc_args(cmdline) == args
+
+
+RACE_CODE = """
+import sys, time
+from pathlib import Path
+import mlflow.tracking  # imported before the start line, so the processes reach the store together
+from tracking import runs
+Path(sys.argv[2]).touch()
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.01)
+with runs.stage_run(sys.argv[1], {PARAMS!r}):
+    runs.log_metrics({{"loss": 1.0}}, step=1)
+""".format(PARAMS=PARAMS)
+
+
+def test_stages_that_open_a_fresh_store_at_once_are_all_tracked(toy_repo):
+    """Processes that create one new SQLite store at the same moment all migrate it in turn (before
+    the lock, one failed in alembic and ran untracked)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WSSS_TRACKING": "on", "OMP_NUM_THREADS": "1"}
+    go = toy_repo / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", RACE_CODE, f"stage{i}", str(toy_repo / f"ready{i}"), str(go)],
+                              cwd=toy_repo, env=env, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    while not all((toy_repo / f"ready{i}").exists() for i in range(4)):
+        assert all(p.poll() is None for p in procs), [p.communicate()[1] for p in procs]
+        time.sleep(0.05)
+    go.touch()
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4
+    assert not [e for e in errors if "warning: MLflow tracking" in e], errors
+    c = tracking.client()
+    exp = c.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
+    assert sorted(r.info.run_name for r in c.search_runs([exp])) == [f"stage{i}" for i in range(4)]

@@ -59,7 +59,33 @@ def client():
     os.environ.setdefault("DO_NOT_TRACK", "true")
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri())
+    uri = tracking_uri()
+    with _first_opening(uri) as first:
+        mlflow_client = MlflowClient(uri)
+        if first:
+            mlflow_client.search_experiments(max_results=1)   # the store exists, migrated, past this line
+    return mlflow_client
+
+
+_opened: set[str] = set()   # SQLite stores this process has opened once under the lock
+
+
+@contextlib.contextmanager
+def _first_opening(uri: str):
+    """Processes that open a fresh SQLite store at once (benchmark rows side by side, parallel dvc
+    stages) each create and migrate its tables, and all but one fail ("table experiments already
+    exists") and go on untracked. So a process opens a SQLite store the first time under an
+    exclusive lock on `<db>.lock`."""
+    if not uri.startswith("sqlite:///") or uri in _opened:
+        yield False
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):])
+    with db.with_name(db.name + ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes
+        yield True
+    _opened.add(uri)
 
 
 def experiment_id(mlflow_client) -> str:
