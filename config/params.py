@@ -383,7 +383,7 @@ class CutMix(Section):
     """semi.method cutmix (semi/cutmix.py; French et al. 2020): the unmasked images cut and mixed in
     pairs, learning the mixed pseudo labels and a mean teacher's mixed confident classes."""
 
-    consistency_weight: Weight = 1.0                    # the teacher's classes on the mixed images (ramped up)
+    consistency_weight: Weight = 0.1                    # the teacher's classes on the mixed images (ramped up)
     confidence: float = Field(0.9, ge=0.0, le=1.0)      # teacher pixels below this are ignored
     teacher_decay: float = Field(0.99, ge=0.0, lt=1.0)  # the teacher's moving average of the student's weights
     box_share: float = Field(0.5, gt=0.0, lt=1.0)       # share of a mixed image its own box keeps
@@ -401,7 +401,7 @@ class Semi(Section):
     masks: Annotated[Any, AfterValidator(_mask_choice)] = 33   # a count (seeded choice) or a list of ids
     seed: int = Field(0, ge=0)                                 # which images a count chooses
     choice: Literal["random", "balanced"] = "random"   # a count's order: seeded, or seeded and tag-balanced
-    method: Literal[SEMI_METHODS] = "masks+pseudo"
+    method: Literal[SEMI_METHODS] = "cutmix"
     mask_share: float = Field(0.5, gt=0.0, le=1.0)   # share of each batch drawn from the masked images
     pseudo_weight: Weight = 0.1                      # loss weight of the unmasked images' pseudo labels (0: unread)
     epochs: int = Field(0, ge=0, le=1000)            # 0: segmenter.epochs

@@ -104,8 +104,9 @@ def test_params_say_what_a_method_needs():
         load(REPO / "params.yaml", ["semi.masks=0", "semi.method=masks_only"])
     with pytest.raises(ParamsError, match=r"semi\.masks: is 0, but semi.method cyclegan"):
         load(REPO / "params.yaml", ["semi.masks=0", "semi.method=cyclegan"])
-    with pytest.raises(ParamsError, match=r"semi\.pseudo_weight: is 0"):
-        load(REPO / "params.yaml", ["semi.pseudo_weight=0"])
+    with pytest.raises(ParamsError, match=r"semi\.pseudo_weight: is 0, but semi.method masks\+pseudo"):
+        load(REPO / "params.yaml", ["semi.pseudo_weight=0", "semi.method=masks+pseudo"])
+    assert load(REPO / "params.yaml", ["semi.pseudo_weight=0"])["semi"]["method"] == "cutmix"   # the teacher alone
     with pytest.raises(ParamsError, match=r"semi\.pseudo_weight: is 0, but semi.method dual_branch"):
         load(REPO / "params.yaml", ["semi.pseudo_weight=0", "semi.method=dual_branch"])
     with pytest.raises(ParamsError, match=r"semi\.masks: image 'a' is listed twice"):
