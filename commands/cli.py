@@ -69,10 +69,11 @@ def predict(
     from commands.outputs import OutputError
     from commands.predict import ImageError, input_images, predict_folder
     from config.params import ParamsError, load
-
     from scaleout.engine import EngineError
+    from training.checkpoints import CheckpointError
 
-    with user_errors(FileNotFoundError, NotADirectoryError, OutputError, ImageError, ParamsError, EngineError):
+    with user_errors(FileNotFoundError, NotADirectoryError, OutputError, ImageError, ParamsError, EngineError,
+                     CheckpointError):
         input_images(in_dir)  # a missing input fails before params and the model load
         loaded = load(params)
         seg = loaded["segmenter"]
@@ -91,8 +92,10 @@ def label_pngs(
     """Write the packed pseudo labels as VOC palette PNGs (255 = uncertain shows white)."""
     from commands.label_pngs import export
     from commands.outputs import OutputError
+    from stores.names import UnsafeIdError
+    from stores.shards import ShardError
 
-    with user_errors(FileNotFoundError, NotADirectoryError, OutputError):
+    with user_errors(FileNotFoundError, NotADirectoryError, OutputError, UnsafeIdError, ShardError):
         n = export(labels, out_dir, overwrite=overwrite)
     typer.echo(f"{n} label PNGs -> {out_dir}")
 
@@ -108,8 +111,9 @@ def instance_pngs(
     """Write the PRM instances as per-image id PNGs (0 = none, k = k-th best) and JSON (class, score)."""
     from commands.instance_pngs import export
     from commands.outputs import OutputError
+    from stores.names import UnsafeIdError
 
-    with user_errors(FileNotFoundError, NotADirectoryError, OutputError):
+    with user_errors(FileNotFoundError, NotADirectoryError, OutputError, UnsafeIdError):
         n = export(instances, out_dir, overwrite=overwrite)
     typer.echo(f"{n} images with instances -> {out_dir} (id PNGs and JSON)")
 

@@ -38,6 +38,14 @@ def input_images(in_dir: Path) -> list[Path]:
     files = sorted(p for p in in_dir.iterdir() if p.suffix.lower() in SUFFIXES)
     if not files:
         raise FileNotFoundError(f"{in_dir}: no images ({', '.join(sorted(SUFFIXES))})")
+    by_stem: dict[str, list[str]] = {}
+    for path in files:   # outputs are named STEM.png: a.jpg and a.png would overwrite each other
+        by_stem.setdefault(path.stem, []).append(path.name)
+    clashes = [names for names in by_stem.values() if len(names) > 1]
+    if clashes:
+        listed = "; ".join(" and ".join(names) for names in clashes)
+        raise ImageError(f"{in_dir}: images whose predictions would overwrite each other (same name, "
+                         f"other suffix): {listed}; rename them apart")
     return files
 
 
@@ -85,7 +93,7 @@ def predict_folder(in_dir: Path, out_dir: Path, checkpoint: Path, device: str = 
     """
     files = input_images(in_dir)
     scaleout = scaleout or LOCAL
-    network = CheckpointRef(str(Path(checkpoint).resolve()), device)
+    network = CheckpointRef(str(Path(checkpoint).resolve()), device, kinds=("segmenter", "segmenter_ensemble"))
     with outputs.replacing(out_dir, COMMAND, [in_dir], overwrite) as tmp:
         if scaleout["engine"] == "local":   # dask: only the workers load the network
             network.get()
