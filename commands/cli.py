@@ -3,7 +3,7 @@
     python -m commands predict IN_DIR OUT_DIR [--checkpoint P] [--crf] [--params F] [--overwrite]
     python -m commands label-pngs OUT_DIR [--labels DIR] [--overwrite]
     python -m commands instance-pngs OUT_DIR [--instances FILE] [--overwrite]
-    python -m commands versions [--repo R] [--output PATH ...] list [--json]
+    python -m commands versions [--repo R] [--output PATH ...] list [--long] [--json]
     python -m commands versions diff A B [--json]
     python -m commands versions rollback V [--force]
     python -m commands versions record [-m MESSAGE] [--no-push]
@@ -211,15 +211,17 @@ def versions_options(
 
 @versions_app.command("list")
 def versions_list(ctx: typer.Context,
-                  as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False):
-    """Versions with their round (where there are label rounds), mIoU, date and the params that differ."""
+                  as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+                  long: Annotated[bool, typer.Option("--long", help="also each version's subject and the "
+                                                                    "params that differ")] = False):
+    """A table of the versions: round, labels mIoU, date, commit, tags (--long: params too)."""
     from dataclasses import asdict
 
     from commands import versions
 
     with _versions_errors():
         found = versions.versions(ctx.obj["repo"], ctx.obj["output"])
-    typer.echo(json.dumps([asdict(v) for v in found], indent=2) if as_json else versions.format_list(found))
+    typer.echo(json.dumps([asdict(v) for v in found], indent=2) if as_json else versions.format_list(found, long))
 
 
 @versions_app.command("diff")
