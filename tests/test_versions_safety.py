@@ -9,7 +9,8 @@ import yaml
 
 from commands import gitdvc
 from commands import versions
-from tests.test_versions import FINAL, R1, digests, label_repo, rounds_repo, set_params, set_seed, snapshot  # noqa: F401
+from tests.test_versions import label_repo, rounds_repo  # noqa: F401  (fixtures)
+from tests.test_versions import FINAL, R1, digests, set_params, set_seed, snapshot
 
 
 def cli(repo, *args):

@@ -43,7 +43,7 @@ def read(path: str | Path, kinds: tuple[str, ...] = ()) -> dict:
         why = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not readable as a checkpoint ({why}); expected {_wanted(kinds)} "
                               "saved by this project") from None
-    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and isinstance(ckpt.get("config"), dict)):
+    if not (isinstance(ckpt, dict) and all(isinstance(ckpt.get(k), dict) for k in ("state_dict", "config"))):
         found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path}: a torch file, but not {_wanted(kinds)} of this project "
                               f"(expected keys config and state_dict, found {found})")
