@@ -70,10 +70,11 @@ def predict(
     from commands.predict import ImageError, input_images, predict_folder
     from config.params import ParamsError, load
     from scaleout.engine import EngineError
+    from stores.names import UnsafeIdError
     from training.checkpoints import CheckpointError
 
     with user_errors(FileNotFoundError, NotADirectoryError, OutputError, ImageError, ParamsError, EngineError,
-                     CheckpointError):
+                     CheckpointError, UnsafeIdError):
         input_images(in_dir)  # a missing input fails before params and the model load
         loaded = load(params)
         seg = loaded["segmenter"]

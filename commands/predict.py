@@ -18,6 +18,7 @@ from dataset import images
 from labelling.crf import crf_argmax
 from scaleout.engine import LOCAL, open_engine, progress
 from stores.atomic import atomic_file, remove_partials
+from stores.names import file_name
 from training.checkpoints import CheckpointRef
 from training.runtime import wants_gpu
 from training.segmentation import predict_probs
@@ -40,7 +41,7 @@ def input_images(in_dir: Path) -> list[Path]:
         raise FileNotFoundError(f"{in_dir}: no images ({', '.join(sorted(SUFFIXES))})")
     by_stem: dict[str, list[str]] = {}
     for path in files:   # outputs are named STEM.png: a.jpg and a.png would overwrite each other
-        by_stem.setdefault(path.stem, []).append(path.name)
+        by_stem.setdefault(file_name(path.stem, in_dir), []).append(path.name)
     clashes = [names for names in by_stem.values() if len(names) > 1]
     if clashes:
         listed = "; ".join(" and ".join(names) for names in clashes)
