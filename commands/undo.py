@@ -3,7 +3,6 @@ first and put back if it fails (files copied, folders moved: label outputs can b
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,8 +19,8 @@ def _remove(path: Path) -> None:
 def restoring(root: str | Path, paths: list[str], scratch: str | Path):
     """Run the block; if it raises (or is interrupted), `paths` (relative to root) are as they were.
 
-    Folders are moved aside into `scratch` (on root's file system) before the block, files copied;
-    a path that did not exist is removed again."""
+    Folders and links are moved aside into `scratch` before the block (a rename where it shares
+    root's file system), files copied; a path that did not exist is removed again."""
     root = Path(root)
     Path(scratch).mkdir(parents=True, exist_ok=True)
     aside = Path(tempfile.mkdtemp(prefix="undo-", dir=scratch))
@@ -29,8 +28,8 @@ def restoring(root: str | Path, paths: list[str], scratch: str | Path):
     try:
         for i, rel in enumerate(dict.fromkeys(paths)):
             path, copy = root / rel, aside / str(i)
-            if path.is_dir() and not path.is_symlink():
-                os.replace(path, copy)
+            if path.is_dir() or path.is_symlink():   # a link is kept as a link
+                shutil.move(path, copy)
             elif path.exists():
                 shutil.copy2(path, copy)
             else:
@@ -42,7 +41,7 @@ def restoring(root: str | Path, paths: list[str], scratch: str | Path):
             _remove(root / rel)
             if copy is not None:
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(copy, root / rel)
+                shutil.move(copy, root / rel)
         raise
     finally:
         shutil.rmtree(aside, ignore_errors=True)
