@@ -68,22 +68,33 @@ def test_a_rollback_that_fails_midway_puts_the_workspace_back(rounds_repo, monke
     assert workspace(repo) == before
 
 
-def test_rollback_twice_in_a_row_and_record_adds_no_duplicate(label_repo):
-    repo = label_repo
+def three_versions(repo):
     made = []
     for seed in (1, 2, 3):
         set_seed(repo, seed)
         gitdvc.dvc(repo, "repro")
         versions.record(repo, log=lambda _: None)
         made.append(snapshot(repo / "artifacts/pseudo_labels"))
+    return made
+
+
+def test_rollback_twice_in_a_row(label_repo):
+    repo = label_repo
+    made = three_versions(repo)
     assert cli(repo, "rollback", "v1").returncode == 0
     second = cli(repo, "rollback", "v2")
     assert second.returncode == 0, second.stderr
     assert snapshot(repo / "artifacts/pseudo_labels") == made[1]
     assert yaml.safe_load((repo / "params.yaml").read_text()) == {"labels": {"seed": 2}}
+
+
+def test_record_after_a_rollback_adds_no_duplicate_version(label_repo):
+    repo = label_repo
+    three_versions(repo)
+    assert cli(repo, "rollback", "v1").returncode == 0
     head = gitdvc.git(repo, "rev-parse", "HEAD")
     recorded = cli(repo, "record", "--no-push")
-    assert recorded.returncode == 0 and "v2" in recorded.stdout, recorded.stdout
+    assert recorded.returncode == 0 and "already recorded as v1" in recorded.stdout, recorded.stdout
     assert gitdvc.git(repo, "rev-parse", "HEAD") == head   # no commit, no tag
     assert [v.name for v in versions.versions(repo)] == ["v1", "v2", "v3"]
 
