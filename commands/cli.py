@@ -3,7 +3,7 @@
     python -m commands predict IN_DIR OUT_DIR [--checkpoint P] [--crf] [--params F] [--overwrite]
     python -m commands label-pngs OUT_DIR [--labels DIR] [--overwrite]
     python -m commands instance-pngs OUT_DIR [--instances FILE] [--overwrite]
-    python -m commands versions [--repo R] [--output PATH ...] list [--json]
+    python -m commands versions [--repo R] [--output PATH ...] list [--long] [--json]
     python -m commands versions diff A B [--json]
     python -m commands versions rollback V [--force]
     python -m commands versions record [-m MESSAGE] [--no-push]
@@ -69,10 +69,12 @@ def predict(
     from commands.outputs import OutputError
     from commands.predict import ImageError, input_images, predict_folder
     from config.params import ParamsError, load
-
     from scaleout.engine import EngineError
+    from stores.names import UnsafeIdError
+    from training.checkpoints import CheckpointError
 
-    with user_errors(FileNotFoundError, NotADirectoryError, OutputError, ImageError, ParamsError, EngineError):
+    with user_errors(FileNotFoundError, NotADirectoryError, OutputError, ImageError, ParamsError, EngineError,
+                     CheckpointError, UnsafeIdError):
         input_images(in_dir)  # a missing input fails before params and the model load
         loaded = load(params)
         seg = loaded["segmenter"]
@@ -91,8 +93,10 @@ def label_pngs(
     """Write the packed pseudo labels as VOC palette PNGs (255 = uncertain shows white)."""
     from commands.label_pngs import export
     from commands.outputs import OutputError
+    from stores.names import UnsafeIdError
+    from stores.shards import ShardError
 
-    with user_errors(FileNotFoundError, NotADirectoryError, OutputError):
+    with user_errors(FileNotFoundError, NotADirectoryError, OutputError, UnsafeIdError, ShardError):
         n = export(labels, out_dir, overwrite=overwrite)
     typer.echo(f"{n} label PNGs -> {out_dir}")
 
@@ -108,8 +112,9 @@ def instance_pngs(
     """Write the PRM instances as per-image id PNGs (0 = none, k = k-th best) and JSON (class, score)."""
     from commands.instance_pngs import export
     from commands.outputs import OutputError
+    from stores.names import UnsafeIdError
 
-    with user_errors(FileNotFoundError, NotADirectoryError, OutputError):
+    with user_errors(FileNotFoundError, NotADirectoryError, OutputError, UnsafeIdError):
         n = export(instances, out_dir, overwrite=overwrite)
     typer.echo(f"{n} images with instances -> {out_dir} (id PNGs and JSON)")
 
@@ -207,15 +212,17 @@ def versions_options(
 
 @versions_app.command("list")
 def versions_list(ctx: typer.Context,
-                  as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False):
-    """Versions with their round (where there are label rounds), mIoU, date and the params that differ."""
+                  as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+                  long: Annotated[bool, typer.Option("--long", help="also each version's subject and the "
+                                                                    "params that differ")] = False):
+    """A table of the versions: round, labels mIoU, date, commit, tags (--long: params too)."""
     from dataclasses import asdict
 
     from commands import versions
 
     with _versions_errors():
         found = versions.versions(ctx.obj["repo"], ctx.obj["output"])
-    typer.echo(json.dumps([asdict(v) for v in found], indent=2) if as_json else versions.format_list(found))
+    typer.echo(json.dumps([asdict(v) for v in found], indent=2) if as_json else versions.format_list(found, long))
 
 
 @versions_app.command("diff")

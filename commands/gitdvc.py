@@ -1,6 +1,7 @@
 """Thin wrappers over the git and dvc command lines, for versioning (no Prefect here)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,3 +72,45 @@ def ensure_local_remote(repo: str | Path, path: str | Path = ".dvc-remote", name
     target.mkdir(parents=True, exist_ok=True)
     dvc(repo, "remote", "add", "--local", "--force", "--default", name, str(target))
     return name
+
+
+def cache_dir(repo: str | Path) -> Path:
+    proc = dvc(repo, "cache", "dir", check=False)
+    path = proc.stdout.strip() if proc.returncode == 0 else ""
+    return Path(path) if path else Path(repo) / ".dvc" / "cache"
+
+
+def _object(cache: Path, md5: str) -> Path | None:
+    """Where the cache holds the object of `md5` (DVC 3's files/md5/, else 2.x's layout), or None."""
+    name = md5[:2] + "/" + md5[2:]
+    return next((p for p in (cache / "files" / "md5" / name, cache / name) if p.is_file()), None)
+
+
+def missing_objects(repo: str | Path, md5s: dict[str, str]) -> dict[str, int]:
+    """{output: objects the local cache lacks} for `{output: md5}` (a `.dir` md5: its listing and
+    every file in it); outputs complete in the cache are left out."""
+    cache, missing = cache_dir(repo), {}
+    for out, md5 in md5s.items():
+        listing = _object(cache, md5)
+        if listing is None:
+            missing[out] = 1
+        elif md5.endswith(".dir"):
+            try:
+                entries = json.loads(listing.read_text())
+            except ValueError:
+                entries = None
+            lacking = 1 if not isinstance(entries, list) else sum(_object(cache, e["md5"]) is None for e in entries)
+            if lacking:
+                missing[out] = lacking
+    return missing
+
+
+# `dvc fetch` has no --rev: fetch a commit's outputs through DVC's API, without touching the workspace.
+_FETCH_AT = ("import sys; from dvc.repo import Repo; "
+             "Repo(sys.argv[1]).fetch(targets=sys.argv[3:], revs=[sys.argv[2]], workspace=False)")
+
+
+def fetch_at(repo: str | Path, rev: str, targets: list[str]) -> subprocess.CompletedProcess:
+    """Fetch `targets` as commit `rev` locked them from the default remote into the cache (no check)."""
+    return subprocess.run([sys.executable, "-c", _FETCH_AT, str(Path(repo).resolve()), rev, *targets],
+                          cwd=repo, env=tool_env(), capture_output=True, text=True)

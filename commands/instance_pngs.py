@@ -18,6 +18,7 @@ from PIL import Image
 
 from commands import outputs
 from stores import instancestore
+from stores.names import file_name
 
 COMMAND = "instance-pngs"
 
@@ -40,6 +41,7 @@ def export(store: str | Path, out_dir: str | Path, overwrite: bool = False) -> i
     with outputs.replacing(out_dir, COMMAND, [store.parent], overwrite) as tmp:
         tmp.mkdir()
         for image_id, found in instancestore.read(store):
+            file_name(image_id, store)
             h, w = found[0][2].shape
             ids = id_map([mask for _, _, mask in found], (h, w))
             Image.fromarray(ids).save(tmp / f"{image_id}.png")

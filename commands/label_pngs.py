@@ -12,6 +12,7 @@ from pathlib import Path
 from commands import outputs
 from dataset.images import palette_png
 from stores import labelstore
+from stores.names import file_name
 
 COMMAND = "label-pngs"
 
@@ -25,6 +26,6 @@ def export(labels_dir: str | Path, out_dir: str | Path, overwrite: bool = False)
     with outputs.replacing(out_dir, COMMAND, [labels_dir], overwrite) as tmp:
         tmp.mkdir()
         for image_id, labels in labelstore.read(labels_dir):
-            palette_png(labels).save(tmp / f"{image_id}.png")
+            palette_png(labels).save(tmp / f"{file_name(image_id, labels_dir)}.png")
             n += 1
     return n

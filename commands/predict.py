@@ -18,6 +18,7 @@ from dataset import images
 from labelling.crf import crf_argmax
 from scaleout.engine import LOCAL, open_engine, progress
 from stores.atomic import atomic_file, remove_partials
+from stores.names import file_name
 from training.checkpoints import CheckpointRef
 from training.runtime import wants_gpu
 from training.segmentation import predict_probs
@@ -38,6 +39,14 @@ def input_images(in_dir: Path) -> list[Path]:
     files = sorted(p for p in in_dir.iterdir() if p.suffix.lower() in SUFFIXES)
     if not files:
         raise FileNotFoundError(f"{in_dir}: no images ({', '.join(sorted(SUFFIXES))})")
+    by_stem: dict[str, list[str]] = {}
+    for path in files:   # outputs are named STEM.png: a.jpg and a.png would overwrite each other
+        by_stem.setdefault(file_name(path.stem, in_dir), []).append(path.name)
+    clashes = [names for names in by_stem.values() if len(names) > 1]
+    if clashes:
+        listed = "; ".join(" and ".join(names) for names in clashes)
+        raise ImageError(f"{in_dir}: images whose predictions would overwrite each other (same name, "
+                         f"other suffix): {listed}; rename them apart")
     return files
 
 
@@ -85,7 +94,7 @@ def predict_folder(in_dir: Path, out_dir: Path, checkpoint: Path, device: str = 
     """
     files = input_images(in_dir)
     scaleout = scaleout or LOCAL
-    network = CheckpointRef(str(Path(checkpoint).resolve()), device)
+    network = CheckpointRef(str(Path(checkpoint).resolve()), device, kinds=("segmenter", "segmenter_ensemble"))
     with outputs.replacing(out_dir, COMMAND, [in_dir], overwrite) as tmp:
         if scaleout["engine"] == "local":   # dask: only the workers load the network
             network.get()

@@ -9,7 +9,7 @@ restores dvc.lock, params.yaml and the uncached metrics/plots of that commit and
 `dvc checkout` of its label outputs, so the version's labels are bit-identical and carry the
 params that made them; `dvc repro` then retrains whatever is downstream.
 
-    python -m commands versions list [--json]
+    python -m commands versions list [--long] [--json]
     python -m commands versions diff A B [--json]  # A, B: version number (3 or v3), tag, commit,
                                                    # REF@ROUND (labels-v2@r1) or a round (r1, final)
     python -m commands versions rollback V [--force]
@@ -34,6 +34,7 @@ from pathlib import Path
 import yaml
 
 from commands import gitdvc
+from commands.undo import restoring
 from tracking import lineage
 
 LABEL_OUTPUTS = ("artifacts/pseudo_labels", "artifacts/maps")
@@ -257,18 +258,28 @@ def round_label(round_name: str | None, number: int | None) -> str:
     return (round_name or "-") + (f" ({number})" if number is not None else "")
 
 
-def format_list(found: list[Version]) -> str:
+WIDTH = 100   # the longest line `versions list` prints
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def format_list(found: list[Version], long: bool = False) -> str:
+    """A table (version, round, mIoU, date, commit, tags); `long` adds each version's subject and
+    the params that differ between versions, one a line."""
     if not found:
         return "no pseudo-label versions yet (run the pipeline, then commit dvc.lock or use the flow)"
-    keys = varying_params(found)
-    rounds = _shows_rounds([v.round for v in found], [v.round_number for v in found])
-    lines = []
+    keys = varying_params(found) if long else []
+    lines = [f"{'version':<7}  {'round':<10}  {'mIoU':>6}  {'date':<19}  {'commit':<10}  tags"]
     for v in found:
         miou = f"{v.miou:6.2f}" if isinstance(v.miou, (int, float)) else "     -"
-        params = " ".join(f"{k}={json.dumps(v.params.get(k))}" for k in keys)
-        tag = ",".join(v.tags) or "-"
-        column = f"round {round_label(v.round, v.round_number):<9}  " if rounds else ""
-        lines.append(f"{v.name:>4}  {v.commit[:10]}  {v.date[:19]}  {column}mIoU {miou}  {tag:<14} {params}".rstrip())
+        row = (f"{v.name:<7}  {_fit(round_label(v.round, v.round_number), 10):<10}  {miou}  {v.date[:19]:<19}  "
+               f"{v.commit[:10]}  ")
+        lines.append(row + _fit(",".join(v.tags) or "-", WIDTH - len(row)))
+        if long:
+            lines.append(_fit(f"    subject: {v.subject}", WIDTH))
+            lines += [_fit(f"    {k}: {json.dumps(v.params.get(k))}", WIDTH) for k in keys]
     return "\n".join(lines)
 
 
@@ -339,8 +350,11 @@ def rollback(repo, v: Version, force: bool = False, log=print, found: list[Versi
 
     Checks out every tracked label output that v's commit locked (v's own first: with rounds, the
     other rounds' and the final labels of that commit too, so they match the restored dvc.lock).
-    Refuses (unless force) when that would lose work: uncommitted dvc.lock/params.yaml, or label
-    files in the workspace that are not a recorded version (recorded ones are in the remote).
+    Refuses (unless force) when that would lose work: uncommitted dvc.lock/params.yaml that are
+    not those of a version's commit (as a rollback leaves them), or label files in the workspace
+    that are not a recorded version (recorded ones are in the remote). All-or-nothing: refuses
+    before any change when the cache and the default remote together lack some of the labels, and
+    puts every file back should a step fail.
     """
     repo = Path(repo)
     found = found if found is not None else versions(repo, None if v.round else list(v.hashes))
@@ -357,7 +371,7 @@ def rollback(repo, v: Version, force: bool = False, log=print, found: list[Versi
     outputs = [*v.hashes, *_ordered(others)]
     problems = []
     dirty = gitdvc.git(repo, "status", "--porcelain", "--", *VERSIONED_FILES).strip()
-    if dirty:
+    if dirty and not _at_a_version(repo, found):
         problems.append(f"uncommitted changes in {', '.join(VERSIONED_FILES)}:\n{dirty}")
     for out in outputs:
         recorded = {x.hashes[out] for x in found if out in x.hashes} | {locked.get(out)}
@@ -366,19 +380,18 @@ def rollback(repo, v: Version, force: bool = False, log=print, found: list[Versi
     if problems and not force:
         raise VersionError("rolling back would lose work: " + "; ".join(problems) +
                            "\nrecord it first (python -m commands versions record) or pass --force")
-    files = [*VERSIONED_FILES, *_uncached_at(repo, v.commit)]
-    gitdvc.git(repo, "checkout", v.commit, "--", *files)
-    log(f"restored {', '.join(files)} from {v.name} ({v.commit[:10]})")
-    # --force: the workspace labels were checked above (recorded, so recoverable, or forced).
-    got = gitdvc.dvc(repo, "checkout", "--force", *outputs, check=False)
-    if got.returncode != 0:  # not in the local cache (gc'd, fresh clone): fetch from the remote
-        log("not all in the local DVC cache; pulling from the default remote")
-        gitdvc.dvc(repo, "pull", "--force", *outputs)
-    restored = {o: lineage.dvc_md5(repo / o) for o in outputs}
     expected = {o: v.hashes.get(o) or locked.get(o) for o in outputs}
-    wrong = {o: h for o, h in restored.items() if h != expected[o]}
-    if wrong:
-        raise VersionError(f"after checkout {wrong} differ from {v.name}'s {expected}")
+    _fetch_missing(repo, v, expected, log)
+    files = [*VERSIONED_FILES, *_uncached_at(repo, v.commit)]
+    with restoring(repo, [*files, *outputs], repo / ".dvc" / "tmp"):
+        gitdvc.git(repo, "checkout", v.commit, "--", *files)
+        # --force: the workspace labels were checked above (recorded, so recoverable, or forced).
+        gitdvc.dvc(repo, "checkout", "--force", *outputs)
+        restored = {o: lineage.dvc_md5(repo / o) for o in outputs}
+        wrong = {o: h for o, h in restored.items() if h != expected[o]}
+        if wrong:
+            raise VersionError(f"after checkout {wrong} differ from {v.name}'s {expected}; workspace left as it was")
+    log(f"restored {', '.join(files)} from {v.name} ({v.commit[:10]})")
     which = f" (round {round_label(v.round, v.round_number)})" if _shows_rounds([v.round], [v.round_number]) else ""
     log(f"{', '.join(v.hashes)} bit-identical to {v.name}{which}; run `dvc repro` to retrain downstream stages")
     if len(outputs) > len(v.hashes):
@@ -386,9 +399,32 @@ def rollback(repo, v: Version, force: bool = False, log=print, found: list[Versi
     return restored
 
 
+def _at_a_version(repo, found: list[Version]) -> bool:
+    """Whether the workspace's versioned files are those of a version's commit (a rollback's)."""
+    commits = dict.fromkeys(v.commit for v in reversed(found))
+    return any(not gitdvc.git(repo, "diff", "--name-only", c, "--", *VERSIONED_FILES).strip() for c in commits)
+
+
+def _fetch_missing(repo, v: Version, expected: dict[str, str], log) -> None:
+    """Get what the local cache lacks of `expected` from the default remote; VersionError if it
+    stays incomplete (nothing in the workspace touched)."""
+    missing = gitdvc.missing_objects(repo, expected)
+    if not missing:
+        return
+    log("not all in the local DVC cache; pulling from the default remote")
+    got = gitdvc.fetch_at(repo, v.commit, list(missing))
+    missing = gitdvc.missing_objects(repo, expected)
+    if missing:
+        lacking = ", ".join(f"{o} ({expected[o]}, {n} object{'s' * (n > 1)})" for o, n in missing.items())
+        why = (got.stderr or got.stdout).strip().splitlines()
+        raise VersionError(f"cannot roll back to {v.name}: not in the local DVC cache nor in the default remote: "
+                           f"{lacking}" + (f" (dvc: {why[-1]})" if why else "") + "; nothing was changed")
+
+
 def record(repo=".", message: str | None = None, outputs: list[str] | None = None, push: bool = True,
            log=print) -> Version | None:
-    """Commit (and tag) the workspace's dvc.lock if the labels differ from HEAD's; push to the remote.
+    """Commit (and tag) the workspace's dvc.lock if the labels differ from HEAD's and from every
+    recorded version's; push to the remote.
 
     One commit can make several versions (rounds); the tag `labels-vN` names its last (the final
     labels where they changed)."""
@@ -411,10 +447,11 @@ def record(repo=".", message: str | None = None, outputs: list[str] | None = Non
     params = lineage.read_yaml(repo / "params.yaml") if (repo / "params.yaml").is_file() else {}
     files += [p for p in _uncached(lineage.read_yaml(repo / "dvc.yaml"), params) if (repo / p).is_file()]
     found = versions(repo, outputs)
-    latest = {o: h for x in found for o, h in x.hashes.items()}
-    new = [o for o, h in current.items() if latest.get(o) != h]
-    if not new:
-        log("pseudo labels are those of earlier versions: no new version")
+    recorded = {(o, h): x.name for x in found for o, h in x.hashes.items()}
+    new = [o for o, h in current.items() if (o, h) not in recorded]
+    if not new:   # e.g. right after a rollback: those labels are a version already
+        names = ", ".join(dict.fromkeys(recorded[item] for item in current.items()))
+        log(f"pseudo labels already recorded as {names}: no new version")
         return None
     tag = f"{TAG_PREFIX}{len(found) + len(new)}"  # this commit's last version
     last = _ordered(new, _params_rounds(params))[-1]

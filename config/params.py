@@ -13,12 +13,14 @@ Precedence, lowest first:
 So under `profile: paper` an edited `classifier.epochs` or `--set classifier.pretrained=false`
 wins, and keys left at their defaults take the profile's values. A params.yaml value equal to its
 default cannot be told from an untouched one: to force it under a profile, use --set. params.yaml
-must still list every key: DVC tracks the stages' params there.
+must still list every key: DVC tracks the stages' params there. `rounds` and `pseudo_labels.maps`
+form one chain: where the user's values set either, both are the user's (a profile cannot split them).
 """
 from __future__ import annotations
 
 import copy
 import functools
+import re
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Literal, get_args, get_origin
 
@@ -91,10 +93,40 @@ Weight = Annotated[float, Field(ge=0.0, le=1000.0)]
 Windows = Annotated[list[Annotated[int, Field(ge=1, le=32)]], Field(min_length=1, max_length=8), AfterValidator(_distinct)]
 
 
+_DECIMAL = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
+def _float_text(value: Any) -> Any:
+    return float(value) if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()) else value
+
+
+def _is_float(annotation: Any) -> bool:
+    return (get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation) is float
+
+
 class Section(BaseModel):
-    """Unknown keys rejected, no coercion (but an int may stand for a float), floats finite."""
+    """Unknown keys rejected, no coercion (but an int may stand for a float, and a decimal number
+    written as text for a float), floats finite."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _floats_from_text(cls, data: Any) -> Any:
+        """PyYAML (YAML 1.1) reads `1e-4` as text where DVC (YAML 1.2) reads a float: take it as one
+        where a float (or a list of floats) is expected; elsewhere text stays text."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, field in cls.model_fields.items():
+            if name not in out:
+                continue
+            if _is_float(field.annotation):
+                out[name] = _float_text(out[name])
+            elif get_origin(field.annotation) is list and _is_float(get_args(field.annotation)[0]) \
+                    and isinstance(out[name], list):
+                out[name] = [_float_text(v) for v in out[name]]
+        return out
 
 
 class Training(Section):
@@ -700,6 +732,10 @@ def validate(raw: dict, overrides: Iterable[str] = ()) -> dict:
     given = _check(merged)   # the user's own values, before the profile is read
     _require_all(merged, DEFAULTS)
     explicit = deep_merge(_changed(given, DEFAULTS), over)
+    if "rounds" in explicit or "maps" in explicit.get("pseudo_labels", {}):
+        # one choice, checked as a chain (_round_chain): a profile must not supply half of it
+        explicit["rounds"] = given["rounds"]
+        explicit.setdefault("pseudo_labels", {})["maps"] = given["pseudo_labels"]["maps"]
     return _check(deep_merge(deep_merge(DEFAULTS, _overlay(given["profile"])), explicit))
 
 

@@ -34,6 +34,7 @@ from PIL import Image, UnidentifiedImageError
 
 from config.errors import StageError
 from scoring.metrics import IGNORE
+from stores.names import UnsafeIdError, file_name
 
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -87,7 +88,10 @@ def read_split(root: str | Path, split: str) -> list[str]:
         hint = (" (train_aug.txt lists SBD's 10,582 augmented training images: README, "
                 "'Full PASCAL VOC 2012 + SBD')") if split == "train_aug" else " (is data.root a VOC-layout dataset?)"
         raise DataError(f"{path}: split file not found{have}{hint}")
-    ids = [_split_id(line.split()[0]) for line in path.read_text().splitlines() if line.strip()]
+    try:   # ids become file names (JPEGImages/ID.jpg, panels, exported PNGs)
+        ids = [file_name(_split_id(line.split()[0]), path) for line in path.read_text().splitlines() if line.strip()]
+    except UnsafeIdError as exc:
+        raise DataError(str(exc)) from None
     if not ids:
         raise DataError(f"{path}: the split lists no images")
     return ids

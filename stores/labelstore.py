@@ -29,7 +29,11 @@ def write_part(records: Iterable[tuple[str, np.ndarray]], out_dir: str | Path, i
 
 def read(in_dir: str | Path) -> Iterator[tuple[str, np.ndarray]]:
     for row in shards.read(in_dir):
-        yield row["id"], np.frombuffer(row["labels"], np.uint8).reshape(row["height"], row["width"]).copy()
+        try:
+            labels = np.frombuffer(row["labels"], np.uint8).reshape(row["height"], row["width"])
+        except (KeyError, TypeError, ValueError) as exc:   # another store's shard, or damaged bytes
+            raise shards.ShardError(f"{in_dir}: row {row.get('id')!r} is not a label map ({exc})") from None
+        yield row["id"], labels.copy()
 
 
 class PackedLabels(Packed):

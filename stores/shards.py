@@ -14,10 +14,17 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from config.errors import StageError
 from stores.atomic import atomic_file, atomic_path
 
 
 ROW_GROUP = 16   # records per Parquet row group: the unit written and read
+
+
+class ShardError(StageError, ValueError):
+    """A shard that cannot be read as this store's rows; the message names the file."""
+
+    kind = "data error"
 
 
 def shard_name(index: int) -> str:
@@ -53,9 +60,17 @@ def write(rows: Iterable[dict], schema: pa.Schema, out_dir: str | Path, shard_si
 def read(in_dir: str | Path) -> Iterator[dict]:
     """The rows of every shard in order, one row group at a time."""
     for shard in _shards(in_dir):
-        with pq.ParquetFile(shard) as parquet:
+        with _readable(shard, lambda: pq.ParquetFile(shard)) as parquet:
             for group in range(parquet.num_row_groups):
-                yield from parquet.read_row_group(group).to_pylist()
+                yield from _readable(shard, lambda: parquet.read_row_group(group).to_pylist())
+
+
+def _readable(shard: Path, read):
+    """read(), with a shard that is truncated, overwritten or not Parquet named in a ShardError."""
+    try:
+        return read()
+    except (OSError, pa.ArrowException) as exc:
+        raise ShardError(f"{shard}: not a readable Parquet shard ({exc})") from None
 
 
 def _shards(in_dir: str | Path) -> list[Path]:

@@ -226,3 +226,28 @@ def test_every_stage_depends_on_the_files_it_imports():
     params = load(REPO / "params.yaml")
     assert "models/registry.py" in lineage.import_closure(lineage.stage_entry("demo"), REPO)
     assert {s: lineage.uncovered_imports(spec[s], s, params, REPO) for s in spec} == {s: [] for s in spec}
+
+
+def test_exponent_floats_that_yaml_reads_as_text_are_accepted(tmp_path, raw):
+    # YAML 1.1 reads `1e-4` (no dot, no exponent sign needed in YAML 1.2) as a string
+    text = (REPO / "params.yaml").read_text().replace("  lr: 0.0001", "  lr: 1e-4")
+    assert "lr: 1e-4" in text
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    params = load(path, ["segmenter.weight_decay=5e-4", "maps.scales=[5e-1, 1.0]"])
+    assert params["classifier"]["lr"] == 1e-4 and isinstance(params["classifier"]["lr"], float)
+    assert params["segmenter"]["weight_decay"] == 5e-4 and params["maps"]["scales"] == [0.5, 1.0]
+    # only where a float is expected: text stays text elsewhere, and words are still refused
+    assert load(path, ["data.root=1e5"])["data"]["root"] == "1e5"
+    assert error(raw, "segmenter.lr=fast") == "segmenter.lr: expected float, got str ('fast')"
+
+
+@pytest.mark.parametrize("how", ["set", "file"])
+def test_editing_a_round_under_a_profile_without_rounds_keeps_the_users_chain(tmp_path, raw, how):
+    raw["profile"] = "paper"   # paper.yaml: no rounds, labels from the refined maps
+    if how == "file":
+        raw["rounds"]["r1"]["epochs"] = 2
+    params = load(write(tmp_path, raw), ["rounds.r1.epochs=2"] if how == "set" else [])
+    assert params["rounds"]["r1"]["epochs"] == 2
+    assert params["pseudo_labels"]["maps"] == "artifacts/rounds/r1/maps"
+    assert params["classifier"]["backbone"] == "vgg16"   # the rest of the profile still applies

@@ -301,3 +301,29 @@ def test_stages_that_open_a_fresh_store_at_once_are_all_tracked(toy_repo):
     c = tracking.client()
     exp = c.get_experiment_by_name(tracking.EXPERIMENT).experiment_id
     assert sorted(r.info.run_name for r in c.search_runs([exp])) == [f"stage{i}" for i in range(4)]
+
+
+def test_a_stage_start_marks_runs_of_dead_processes_killed(toy_repo):
+    import re
+    import socket
+
+    import psutil
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()   # its pid is now dead (and a reused pid would have another start time)
+    me = psutil.Process()
+    c = tracking.client()
+    exp = tracking.experiment_id(c)
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
+    tag = "wsss.process"   # <host>:<pid>:<process start time>
+    made = {name: c.create_run(exp, run_name=name, tags={tag: value}).info.run_id for name, value in {
+        "killed": f"{host}:{gone.pid}:{time.time() - 5:.2f}",
+        "reused pid": f"{host}:{me.pid}:{me.create_time() - 100:.2f}",
+        "alive": f"{host}:{me.pid}:{me.create_time():.2f}",
+        "other host": f"not-{host}:{gone.pid}:1.00"}.items()}
+    with tracking.stage_run("toy", PARAMS):
+        _toy_stage(toy_repo)
+    status = {name: c.get_run(run_id).info.status for name, run_id in made.items()}
+    assert status == {"killed": "KILLED", "reused pid": "KILLED", "alive": "RUNNING", "other host": "RUNNING"}
+    (stage,) = [r for r in c.search_runs([exp]) if r.info.run_name == "toy"]
+    assert stage.info.status == "FINISHED" and stage.data.tags[tag].startswith(f"{host}:{os.getpid()}:")

@@ -95,8 +95,8 @@ def test_record_list_diff_rollback(label_repo):
 
     found = versions.versions(repo)
     assert [v.name for v in found] == ["v1", "v2"]
-    listing = versions.format_list(found)
-    assert "labels.seed=1" in listing and "labels.seed=2" in listing and "41.00" in listing
+    listing = versions.format_list(found, long=True)
+    assert "labels.seed: 1" in listing and "labels.seed: 2" in listing and "41.00" in listing
     d = versions.diff(repo, found[0], found[1])
     assert d["params"] == {"labels.seed": [1, 2]} and d["miou"] == [41.0, 42.0]
     assert d["per_class_iou"] == {"cat": [1.0, 2.0]}
@@ -220,9 +220,10 @@ def test_rounds_are_versions(rounds_repo):
         ("v1", "r1", 1, R1, 31.0), ("v2", "final", 2, FINAL, 41.0), ("v3", "r1", 1, R1, 32.0)]
     assert found[0].commit == found[1].commit != found[2].commit
     assert found[0].metrics_file == "metrics/rounds/r1/pseudo_labels.json"
-    listing = versions.format_list(found).splitlines()
-    assert "round r1 (1)" in listing[0] and "round final (2)" in listing[1] and "round r1 (1)" in listing[2]
-    assert "31.00" in listing[0] and "41.00" in listing[1] and "rounds.r1.seed=2" in listing[2]
+    listing = versions.format_list(found).splitlines()[1:]
+    assert "r1 (1)" in listing[0] and "final (2)" in listing[1] and "r1 (1)" in listing[2]
+    assert "31.00" in listing[0] and "41.00" in listing[1]
+    assert "rounds.r1.seed: 2" in versions.format_list(found, long=True).splitlines()[-1]
     # A version by REF@ROUND, by round (its latest), by tag (the commit's last version).
     assert versions.resolve(repo, "labels-v2@r1", found) is found[0]
     assert versions.resolve(repo, "r1", found) is found[2]

@@ -14,6 +14,9 @@ One MLflow run per stage run, grouped under one parent run per pipeline run:
   and end time (FINISHED, or FAILED for good once a stage failed); a stage start sets RUNNING.
   Stages DVC skips as unchanged leave no child; a dvc command that runs none leaves no parent.
 - `python -m tasks STAGE` outside DVC and Prefect stays a top-level run.
+A killed process never ends its run, so every run records `<host>:<pid>:<start time>` of the
+process it lives in (tag wsss.process; a dvc group's parent: the dvc command's), and each stage or
+flow start sets the RUNNING runs of this store whose process on this host is gone to KILLED.
 The store is SQLite (`mlflow.db` in the working directory, i.e. the repository root) unless
 MLFLOW_TRACKING_URI says otherwise.
 
@@ -33,6 +36,7 @@ from pathlib import Path
 
 PARENT_ENV = "WSSS_MLFLOW_PARENT_RUN_ID"
 GROUP_TAG = "wsss.group"                # on a parent run made for one `dvc` command
+PROCESS_TAG = "wsss.process"            # <host>:<pid>:<start time> of the process the run lives in
 DISABLE_ENV = "WSSS_TRACKING"          # "off" disables tracking (unit tests of stage cores)
 EXPERIMENT = "wsss-drs"
 _MAX_PARAM = 6000                       # MLflow's limit on a param value
@@ -103,11 +107,49 @@ def experiment_id(mlflow_client) -> str:
         return exp.experiment_id
 
 
+def host_name() -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
+
+
+def process_key(pid: int | None = None) -> str:
+    """`<host>:<pid>:<start time>` of a process (default: this one): a reused pid reads differently."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    return f"{host_name()}:{proc.pid}:{proc.create_time():.2f}"
+
+
+def _gone(key: str) -> bool:
+    """Whether the process a PROCESS_TAG value names, on this host, no longer runs."""
+    import psutil
+
+    host, pid, started = key.rsplit(":", 2)
+    try:
+        return host == host_name() and abs(psutil.Process(int(pid)).create_time() - float(started)) > 1.0
+    except psutil.NoSuchProcess:   # zombies included
+        return host == host_name()
+    except (psutil.Error, ValueError):   # not ours to judge
+        return False
+
+
+def mark_dead_runs_killed(mlflow_client, exp: str) -> list[str]:
+    """Set RUNNING runs of experiment `exp` whose process on this host is gone to KILLED; their ids."""
+    query = f"attributes.status = 'RUNNING' and tags.`{PROCESS_TAG}` LIKE '{host_name()}:%'"
+    killed = []
+    for run in mlflow_client.search_runs([exp], filter_string=query, max_results=1000):
+        if _gone(run.data.tags[PROCESS_TAG]):
+            mlflow_client.set_terminated(run.info.run_id, "KILLED")
+            killed.append(run.info.run_id)
+    return killed
+
+
 def start_parent(name: str, tags: dict | None = None) -> str | None:
     """A parent run for one pipeline/flow run; returns its id, or None if MLflow failed."""
     try:
         c = client()
-        run = c.create_run(experiment_id(c), run_name=name, tags={"kind": "pipeline", **(tags or {})})
+        exp = experiment_id(c)
+        _guard("marking runs of dead processes KILLED", mark_dead_runs_killed, c, exp)
+        run = c.create_run(exp, run_name=name, tags={"kind": "pipeline", PROCESS_TAG: process_key(), **(tags or {})})
         return run.info.run_id
     except Exception as exc:
         _warn("start of the parent run", exc)
@@ -158,8 +200,7 @@ def dvc_ancestor() -> dict | None:
     for pid, started, cmdline in _ancestors():
         args = _dvc_args(cmdline)
         if args is not None:
-            host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
-            return {"group": f"{host}:{pid}:{started:.2f}", "command": " ".join(["dvc", *args])}
+            return {"group": f"{host_name()}:{pid}:{started:.2f}", "command": " ".join(["dvc", *args])}
     return None
 
 
@@ -182,7 +223,8 @@ def group_parent(mlflow_client, exp: str, ancestor: dict, tags: dict | None = No
     if found:
         return found[0].info.run_id
     mine = mlflow_client.create_run(exp, run_name=_pipeline_name(ancestor["command"]), tags={
-        "kind": "pipeline", GROUP_TAG: ancestor["group"], "dvc.command": ancestor["command"][:5000],
+        "kind": "pipeline", GROUP_TAG: ancestor["group"], PROCESS_TAG: ancestor["group"],
+        "dvc.command": ancestor["command"][:5000],
         **(tags or {})}).info.run_id
     winner = (existing() or [None])[0]
     if winner is not None and winner.info.run_id != mine:
@@ -207,17 +249,16 @@ class _StageRun:
         except lineage.LineageError:
             pass  # a stage run outside the DVC pipeline: no lineage to record
         self.spec = spec
-        tags = {"stage": stage}
+        tags = {"stage": stage, PROCESS_TAG: process_key()}
         commit = lineage.git_commit()
         if commit:
             tags["git.commit"], tags["git.dirty"] = commit[0], str(commit[1]).lower()
         for dep, md5 in lineage.dep_hashes(spec, params, lock).items():
             tags[f"dvc.dep.{dep}"] = md5
         self.group_parent = None  # the parent this stage run keeps the status of (dvc grouping)
-        if parent:
-            exp = self.client.get_run(parent).info.experiment_id
-        else:
-            exp = experiment_id(self.client)
+        exp = self.client.get_run(parent).info.experiment_id if parent else experiment_id(self.client)
+        _guard("marking runs of dead processes KILLED", mark_dead_runs_killed, self.client, exp)
+        if not parent:
             try:
                 ancestor = dvc_ancestor()
                 if ancestor is not None:
