@@ -1,6 +1,8 @@
 """Image-side helpers shared by the stages: resizing, tensors, colouring (no device logic)."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -55,14 +57,21 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
+_HEAT_STOPS = ((0, 0, 128), (0, 128, 255), (0, 255, 128), (255, 255, 0), (255, 0, 0))   # navy .. red, evenly spaced
+
+
+@functools.cache
+def _heat_map():
+    from matplotlib.colors import LinearSegmentedColormap   # imported here: only the panels colour maps
+
+    # 1024 entries: within one level per channel of the stops' exact linear ramp
+    return LinearSegmentedColormap.from_list("heat", np.array(_HEAT_STOPS) / 255, N=1024)
+
+
 def colourise(values: np.ndarray) -> np.ndarray:
-    """A 0..1 map to an RGB heat map (blue to red), without matplotlib."""
-    v = np.clip(values, 0, 1)[..., None]
-    stops = np.array([[0, 0, 128], [0, 128, 255], [0, 255, 128], [255, 255, 0], [255, 0, 0]], np.float32)
-    pos = v * (len(stops) - 1)
-    lo = np.floor(pos).astype(int).clip(0, len(stops) - 2)
-    frac = pos - lo
-    return (stops[lo[..., 0]] * (1 - frac) + stops[lo[..., 0] + 1] * frac).astype(np.uint8)
+    """A 0..1 map to an RGB heat map (blue to red); values outside 0..1 are clipped."""
+    rgba = np.asarray(_heat_map()(values, bytes=True))   # a 0-d value gives a tuple
+    return np.ascontiguousarray(rgba[..., :3])
 
 
 def blend(image: np.ndarray, overlay: np.ndarray, alpha: float = 0.5) -> np.ndarray:
@@ -73,7 +82,8 @@ _PALETTE: list[int] = []
 
 
 def palette() -> list[int]:
-    """The standard PASCAL VOC colour map (256 entries x RGB), for label PNGs."""
+    """The standard PASCAL VOC colour map (256 entries x RGB), for label PNGs: the devkit's
+    bit-interleaved label palette, which no plotting library ships, so it is built here."""
     if not _PALETTE:
         for i in range(256):
             r = g = b = 0

@@ -75,16 +75,16 @@ def fit(model, loader, cfg: dict, device: torch.device) -> list[dict]:
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """AP per class (NaN where a class has no positive), ranking by score."""
+    """AP per class (NaN where a class has no positive), ranking by score; tied scores rank in row
+    order, as the val mAP always has (sklearn alone would score a tie as one threshold)."""
+    from sklearn.metrics import average_precision_score   # imported here: ~1 s that other stages skip
+
     aps = np.full(scores.shape[1], np.nan)
+    # distinct scores with the same order: each row's rank under a stable sort, best first
+    rank = -np.argsort(np.argsort(-scores, axis=0, kind="stable"), axis=0)
     for c in range(scores.shape[1]):
-        positives = targets[:, c].sum()
-        if positives == 0:
-            continue
-        order = np.argsort(-scores[:, c], kind="stable")
-        hits = targets[order, c]
-        precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-        aps[c] = float((precision * hits).sum() / positives)
+        if targets[:, c].sum() > 0:
+            aps[c] = average_precision_score(targets[:, c], rank[:, c])
     return aps
 
 

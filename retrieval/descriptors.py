@@ -241,30 +241,25 @@ class Whitening:
 
     @classmethod
     def fit_many(cls, x: np.ndarray, dims: Sequence[int]) -> dict[int, "Whitening"]:
-        """{dim: whitening} from one eigendecomposition (the benchmark sweeps dims)."""
+        """{dim: whitening} from one PCA (the benchmark sweeps dims)."""
+        from sklearn.decomposition import PCA   # imported here: only search and its benchmark whiten
+
         x = np.asarray(x, dtype=np.float32)
         if len(x) > cls.MAX_FIT_ROWS:
             x = x[np.linspace(0, len(x) - 1, cls.MAX_FIT_ROWS).round().astype(int)]
-        mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
-        centred = x - mean
-        # principal directions from the N x N Gram matrix: N (images) is far below D (SBA: detectors x channels)
-        gram = (centred @ centred.T).astype(np.float64)
-        eigval, eigvec = np.linalg.eigh(gram)
-        order = np.argsort(-eigval)
-        eigval, eigvec = np.clip(eigval[order], 0, None), eigvec[:, order]
-        rank = int(np.count_nonzero(eigval > eigval.max(initial=0) * 1e-10))
+        # the full SVD: exact and repeatable (svd_solver auto may pick the randomised one)
+        pca = PCA(n_components=min(max(dims), *x.shape), whiten=True, svd_solver="full")
+        with np.errstate(divide="ignore", invalid="ignore"):   # one image or no variance: raised below
+            variance = pca.fit(x).explained_variance_.astype(np.float64)
+        rank = int(np.count_nonzero(variance > np.nanmax(variance, initial=0) * 1e-10))
         if rank < 1:
             raise ValueError(f"whitening: the {len(x)} descriptors do not vary (identical images?); "
                              "set search.whiten_dim: 0")
         keep = min(max(dims), rank)
-        singular = np.sqrt(eigval[:keep])
-        directions = (eigvec[:, :keep].T @ centred.astype(np.float64)) / singular[:, None]   # keep x D, unit rows
-        std = singular / np.sqrt(max(len(x) - 1, 1))
-        out = {}
-        for dim in dims:
-            k = min(dim, keep)
-            out[dim] = cls(mean, (directions[:k].T / std[:k]).astype(np.float32))
-        return out
+        # pca.transform with whiten=True as one matrix: (x - mean_) @ components_.T / sqrt(explained_variance_)
+        projection = (pca.components_[:keep].T / np.sqrt(variance[:keep])).astype(np.float32)
+        mean = pca.mean_.astype(np.float32)
+        return {dim: cls(mean, projection[:, :min(dim, keep)]) for dim in dims}
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x, dtype=np.float32) - self.mean) @ self.projection

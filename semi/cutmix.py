@@ -19,15 +19,25 @@ own moving average (segmenter.ema_decay 0.99) gained nothing on train_segmenter 
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from scoring.metrics import IGNORE
 from semi.losses import Parts, part_loss, rampup, supervised
 from training.segmentation import logits_and_aux
+
+
+def _towards(decay: float):
+    """teacher = decay x teacher + (1 - decay) x student, as multiply-then-add rather than
+    get_ema_multi_avg_fn's lerp: the two round differently, and this keeps earlier cutmix runs
+    reproducible bit for bit."""
+    @torch.no_grad()
+    def update(teacher: list[torch.Tensor], student: list[torch.Tensor], _) -> None:
+        for t, s in zip(teacher, student):
+            t.mul_(decay).add_(s, alpha=1.0 - decay)
+    return update
 
 
 class MeanTeacher(nn.Module):
@@ -37,9 +47,15 @@ class MeanTeacher(nn.Module):
     def __init__(self, segmenter: nn.Module, decay: float):
         super().__init__()
         self.segmenter, self.decay = segmenter, decay
-        self.teacher = copy.deepcopy(segmenter)
-        self.teacher.requires_grad_(False)
-        self.teacher.eval()
+        # use_buffers=False: buffers (BatchNorm statistics) are copied from the student, not averaged
+        self.average = AveragedModel(segmenter, multi_avg_fn=_towards(decay), use_buffers=False)
+        self.average.update_parameters(segmenter)   # the copying first update: every later one averages
+        self.average.requires_grad_(False)
+        self.average.eval()
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self.average.module
 
     @property
     def backbone(self):
@@ -50,16 +66,12 @@ class MeanTeacher(nn.Module):
 
     def train(self, mode: bool = True) -> "MeanTeacher":
         super().train(mode)
-        self.teacher.eval()   # its BatchNorm statistics follow the student's (update_teacher), never a batch
+        self.average.eval()   # its BatchNorm statistics follow the student's (update_teacher), never a batch
         return self
 
-    @torch.no_grad()
     def update_teacher(self) -> None:
         """teacher = decay x teacher + (1 - decay) x student (weights); buffers copied."""
-        for t, s in zip(self.teacher.parameters(), self.segmenter.parameters()):
-            t.mul_(self.decay).add_(s.detach(), alpha=1.0 - self.decay)
-        for t, s in zip(self.teacher.buffers(), self.segmenter.buffers()):
-            t.copy_(s)
+        self.average.update_parameters(self.segmenter)
 
 
 def box_masks(n: int, hw: tuple[int, int], share: float, generator: torch.Generator | None = None) -> torch.Tensor:

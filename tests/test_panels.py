@@ -118,6 +118,22 @@ def test_maps_panel_has_a_colour_bar_that_fits(size, mask):
     np.testing.assert_array_equal(bar[-1], images.colourise(np.float32(1)))
 
 
+def test_heat_colours_stay_within_one_level_of_the_hand_written_ramp():
+    """The values the hand-written heat map gave: the stops linearly interpolated, truncated to uint8;
+    matplotlib's colormap looks them up in a 1024-entry table instead."""
+    values = np.concatenate([np.linspace(0, 1, 100_001, dtype=np.float32), [-0.5, 1.5]])
+    stops = np.array([[0, 0, 128], [0, 128, 255], [0, 255, 128], [255, 255, 0], [255, 0, 0]], np.float32)
+    pos = np.clip(values, 0, 1) * (len(stops) - 1)
+    lo = np.floor(pos).astype(int).clip(0, len(stops) - 2)
+    frac = (pos - lo)[:, None]
+    old = (stops[lo] * (1 - frac) + stops[lo + 1] * frac).astype(np.uint8)
+    new = images.colourise(values)
+    assert new.dtype == np.uint8 and new.shape == old.shape
+    assert np.abs(new.astype(int) - old).max() <= 1
+    np.testing.assert_array_equal(new[[0, -3, -2, -1]], old[[0, -3, -2, -1]])   # both ends, and clipped values
+    np.testing.assert_array_equal(images.colourise(np.float32(0.5)), new[50_000])   # a scalar gives one colour
+
+
 def test_columns_of_different_sizes_are_refused():
     with pytest.raises(ValueError, match="differ in size"):
         panels.compose([("a", np.zeros((8, 8, 3), np.uint8)), ("b", np.zeros((8, 9, 3), np.uint8))], [])

@@ -152,10 +152,51 @@ def test_cross_field_checks_in_every_section(raw, override, message):
     assert error(raw, override) == message
 
 
+def drift(shipped, defaults, key: str = "") -> list[str]:
+    """How params.yaml (shipped) and the schema's defaults differ, one line per dotted key: keys
+    only in one of them, another type (an int standing for a float excepted), another value."""
+    if isinstance(shipped, dict) and isinstance(defaults, dict):
+        out = []
+        for k in [*defaults, *(k for k in shipped if k not in defaults)]:
+            name = f"{key}.{k}" if key else str(k)
+            if k not in shipped:
+                out.append(f"{name}: missing from params.yaml (schema default {defaults[k]!r})")
+            elif k not in defaults:
+                out.append(f"{name}: in params.yaml ({shipped[k]!r}) but not in config/params.py")
+            else:
+                out += drift(shipped[k], defaults[k], name)
+        return out
+    if isinstance(shipped, list) and isinstance(defaults, list) and len(shipped) == len(defaults):
+        return [line for i, (a, b) in enumerate(zip(shipped, defaults)) for line in drift(a, b, f"{key}[{i}]")]
+    kinds = type(shipped), type(defaults)
+    if kinds != (int, float) and kinds[0] is not kinds[1]:
+        return [f"{key}: params.yaml has {kinds[0].__name__} {shipped!r}, the schema's default is "
+                f"{kinds[1].__name__} {defaults!r}"]
+    return [] if shipped == defaults else [f"{key}: params.yaml has {shipped!r}, the schema's default is {defaults!r}"]
+
+
 def test_shipped_params_yaml_equals_the_built_in_defaults(raw):
     # The user's explicit values are the leaves that differ from these, so they must match the file.
-    assert raw == DEFAULTS
+    problems = drift(raw, DEFAULTS)
+    assert not problems, "params.yaml and the defaults in config/params.py differ:\n" + "\n".join(problems)
     assert validate(raw) == DEFAULTS
+
+
+def test_drift_names_each_key_that_differs(raw):
+    raw["classifier"].pop("epochs")
+    raw["maps"]["prm"]["extra"] = 1
+    raw["segmenter"]["val_flip"] = 1              # equal to True in Python, but not a bool
+    raw["classifier"]["lr"] = 1                   # an int may stand for a float: only the value differs
+    raw["classifier"]["resize_long"] = [192, 385]
+    raw["rounds"]["r2"] = raw["rounds"]["r1"]
+    assert drift(raw, DEFAULTS) == [
+        "classifier.epochs: missing from params.yaml (schema default 15)",
+        "classifier.resize_long[1]: params.yaml has 385, the schema's default is 384",
+        "classifier.lr: params.yaml has 1, the schema's default is 0.0001",
+        "maps.prm.extra: in params.yaml (1) but not in config/params.py",
+        f"rounds.r2: in params.yaml ({raw['rounds']['r1']!r}) but not in config/params.py",
+        "segmenter.val_flip: params.yaml has int 1, the schema's default is bool True",
+    ]
 
 
 def write(tmp_path, raw) -> str:

@@ -175,6 +175,45 @@ def test_a_flipped_resized_copy_is_its_originals_nearest_neighbour(model, scenes
     assert found[0][1] > 0.99 and found[1][1] < found[0][1] - 0.05, found
 
 
+def hand_written_whitening(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, projection) as the whitening was computed by hand: principal directions from the
+    eigendecomposition of the centred Gram matrix, each divided by its standard deviation."""
+    mean = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+    centred = x - mean
+    eigval, eigvec = np.linalg.eigh((centred @ centred.T).astype(np.float64))
+    order = np.argsort(-eigval)
+    eigval, eigvec = np.clip(eigval[order], 0, None), eigvec[:, order]
+    keep = min(dim, int(np.count_nonzero(eigval > eigval.max() * 1e-10)))
+    singular = np.sqrt(eigval[:keep])
+    directions = (eigvec[:, :keep].T @ centred.astype(np.float64)) / singular[:, None]
+    return mean, (directions.T / (singular / np.sqrt(len(x) - 1))).astype(np.float32)
+
+
+@pytest.mark.parametrize("n, dims", [(40, [4, 16]), (6, [8])])   # 6 images: capped at their rank, 5
+def test_whitening_is_the_hand_written_one_up_to_sign(n, dims):
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(0)
+    x = D.l2_normalise(rng.normal(size=(n, 48)) * np.geomspace(4, 0.1, 48) + rng.normal(size=48))
+    queries = D.l2_normalise(rng.normal(size=(5, 48)) + rng.normal(size=48))
+    fitted = D.Whitening.fit_many(x, dims)
+    for dim in dims:
+        mean, projection = hand_written_whitening(x, dim)
+        w = fitted[dim]
+        assert w.projection.shape == projection.shape == (48, min(dim, n - 1))
+        np.testing.assert_allclose(w.mean, mean, atol=1e-6)
+        # each direction's sign is the decomposition's choice; whitened coordinates agree up to it
+        old, new = (queries - mean) @ projection, w(queries)
+        signs = np.sign((old * new).sum(0))
+        np.testing.assert_allclose(new * signs, old, rtol=1e-4, atol=1e-4)
+        # and the search sees the same cosines (signs cancel in dot products)
+        a, b = D.finish(queries, w), D.l2_normalise(old)
+        np.testing.assert_allclose(a @ D.finish(x, w).T, b @ D.l2_normalise((x - mean) @ projection).T, atol=1e-4)
+        # it is PCA(whiten=True)'s transform
+        pca = PCA(n_components=w.projection.shape[1], whiten=True, svd_solver="full").fit(x)
+        np.testing.assert_allclose(w(queries), pca.transform(queries), rtol=1e-4, atol=1e-4)
+
+
 def test_nearest_neighbours_for_groups():
     rng = np.random.default_rng(0)
     x = D.l2_normalise(rng.normal(size=(6, 16)))

@@ -1,6 +1,8 @@
 """CutMix consistency with a mean teacher (semi/cutmix.py): boxes of the asked share, images and labels
 mixed alike, unconfident teacher pixels ignored, a teacher that follows the student's weights but never
 a gradient, and a loss whose consistency term is the mixed teacher's classes."""
+import copy
+
 import pytest
 import torch
 
@@ -66,6 +68,32 @@ def test_the_teacher_follows_the_student_but_takes_no_gradient():
     assert not torch.allclose(before, student)
     m.update_teacher()
     torch.testing.assert_close(m.teacher.head.classifier.weight, 0.5 * before + 0.5 * student)
+
+
+def test_the_teacher_update_is_the_hand_written_one_bit_for_bit():
+    """The values the hand-written teacher gave: a copy of the student, then at each update
+    teacher = teacher x decay + student x (1 - decay) (multiply, then add) and buffers copied."""
+    m = model(decay=0.99)
+    reference = copy.deepcopy(m.segmenter)
+    opt = make_optimizer(m, CFG)
+    m.train()
+    x = batch()[0]
+    for _ in range(4):
+        m.update_teacher()
+        with torch.no_grad():
+            for t, s in zip(reference.parameters(), m.segmenter.parameters()):
+                t.mul_(0.99).add_(s, alpha=0.01)
+            for t, s in zip(reference.buffers(), m.segmenter.buffers()):
+                t.copy_(s)
+        opt.zero_grad()
+        logits, _ = cutmix.logits_and_aux(m.segmenter, x)
+        logits.square().mean().backward()   # a step: the weights and the BatchNorm statistics move
+        opt.step()
+    got, want = m.teacher.state_dict(), reference.state_dict()
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    assert not torch.equal(got["head.classifier.weight"], m.segmenter.head.classifier.weight)
 
 
 @pytest.mark.parametrize("n_masked", [2, 3])

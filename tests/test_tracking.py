@@ -284,6 +284,32 @@ with runs.stage_run(sys.argv[1], {PARAMS!r}):
 """.format(PARAMS=PARAMS)
 
 
+def test_a_fresh_store_is_opened_only_while_no_one_else_holds_its_lock(tmp_path, monkeypatch):
+    """The first opening waits for an exclusive flock on `<db>.lock`, the lock processes of every
+    version of this code take, and takes it once per process."""
+    import threading
+    fcntl = pytest.importorskip("fcntl")
+
+    monkeypatch.setattr(tracking, "_opened", set())
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    entered = []
+
+    def open_store():
+        with tracking._first_opening(uri) as first:
+            entered.append(first)
+
+    with open(tmp_path / "mlflow.db.lock", "a") as other:   # another process's hold, as a raw flock
+        fcntl.flock(other, fcntl.LOCK_EX)
+        opener = threading.Thread(target=open_store)
+        opener.start()
+        opener.join(0.5)
+        assert opener.is_alive() and entered == []
+    opener.join(10)
+    assert entered == [True]
+    open_store()
+    assert entered == [True, False]   # once per process: later openings take no lock
+
+
 def test_stages_that_open_a_fresh_store_at_once_are_all_tracked(toy_repo):
     """Processes that create one new SQLite store at the same moment all migrate it in turn (before
     the lock, one failed in alembic and ran untracked)."""

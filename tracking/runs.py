@@ -83,11 +83,10 @@ def _first_opening(uri: str):
     if not uri.startswith("sqlite:///") or uri in _opened:
         yield False
         return
-    import fcntl
+    from filelock import FileLock
 
     db = Path(uri[len("sqlite:///"):])
-    with db.with_name(db.name + ".lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes
+    with FileLock(db.with_name(db.name + ".lock")):   # an OS lock: a killed holder releases it
         yield True
     _opened.add(uri)
 

@@ -5,6 +5,7 @@ import random
 
 import numpy as np
 import torch
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, PolynomialLR
 
 from config.errors import StageError
 from training import distributed
@@ -111,8 +112,11 @@ def training_loader(dataset, cfg: dict) -> torch.utils.data.DataLoader:
     )
 
 
-def scheduled_lr(base: float, cfg: dict, step: int, total: int, epoch: int) -> float:
-    """The classifier's schedule: polynomial decay per step, or x0.1 at each milestone epoch."""
+def lr_scheduler(opt: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int) -> LRScheduler:
+    """The classifier's schedule, stepped after every batch: polynomial decay (power 0.9) over
+    epochs x steps_per_epoch steps, the last one at base x (1 / total)^0.9, or x0.1 at each
+    milestone epoch of lr_step_epochs."""
     if cfg["lr_schedule"] == "step":
-        return base * 0.1 ** sum(epoch >= e for e in cfg["lr_step_epochs"])
-    return base * (1 - step / max(total, 1)) ** 0.9
+        milestones = cfg["lr_step_epochs"]
+        return LambdaLR(opt, lambda step: 0.1 ** sum(step // steps_per_epoch >= e for e in milestones))
+    return PolynomialLR(opt, total_iters=max(cfg["epochs"] * steps_per_epoch, 1), power=0.9)

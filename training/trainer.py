@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -19,7 +20,7 @@ from config.errors import StageError
 from models.backbones import freeze_prefix
 from tracking import runs as tracking
 from training import distributed
-from training.runtime import autocast, grad_scaler, place, scheduled_lr
+from training.runtime import autocast, grad_scaler, lr_scheduler, place
 
 
 class NonFiniteLoss(StageError, RuntimeError):
@@ -41,38 +42,36 @@ def make_optimizer(model, cfg: dict) -> torch.optim.Optimizer:
     new = {id(p) for m in model.new_modules() for p in m.parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
-        {"params": [p for p in params if id(p) not in new], "base_lr": cfg["lr"]},
-        {"params": [p for p in params if id(p) in new], "base_lr": cfg["lr"] * cfg["new_layer_lr_mult"]},
+        {"params": [p for p in params if id(p) not in new], "lr": cfg["lr"]},
+        {"params": [p for p in params if id(p) in new], "lr": cfg["lr"] * cfg["new_layer_lr_mult"]},
     ]
-    for g in groups:
-        g["lr"] = g["base_lr"]
     if cfg["optimizer"] == "sgd":
         return torch.optim.SGD(groups, momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
     return torch.optim.AdamW(groups, weight_decay=cfg["weight_decay"])
 
 
 class WeightAverage:
-    """An exponential moving average of the floating-point weights (Polyak averaging), taken after
-    every optimiser step. The effective decay ramps up as min(decay, (1 + n) / (10 + n)) so the
-    untrained starting weights wash out within the first steps even on short schedules."""
+    """An exponential moving average of the floating-point weights and buffers (Polyak averaging),
+    taken after every optimiser step. The effective decay ramps up as min(decay, (1 + n) / (10 + n))
+    at the n-th update so the untrained starting weights wash out within the first steps even on
+    short schedules. Integer buffers (BatchNorm's step count) are never copied back."""
 
     def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay, self.steps = decay, 0
-        state = model.state_dict()
-        self.names = [k for k, v in state.items() if v.is_floating_point()]
-        # state_dict tensors share storage with the model, and the optimiser steps in place: these
-        # references follow training without rebuilding the state dict every step
-        self.live = [state[k] for k in self.names]
-        self.shadow = [t.clone() for t in self.live]
+        self.model, self.decay = model, decay
+        self.average = AveragedModel(model, multi_avg_fn=self._ramped, use_buffers=True)
+        # the first update copies: counting it here makes the n-th training step's update the n-th average
+        self.average.update_parameters(model)
 
-    @torch.no_grad()
+    def _ramped(self, averaged: list, current: list, n: torch.Tensor) -> None:
+        n = int(n)
+        get_ema_multi_avg_fn(min(self.decay, (1 + n) / (10 + n)))(averaged, current, n)
+
     def update(self) -> None:
-        self.steps += 1
-        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        torch._foreach_lerp_(self.shadow, self.live, 1.0 - decay)
+        self.average.update_parameters(self.model)
 
     def copy_to(self, model: torch.nn.Module) -> None:
-        model.load_state_dict(dict(zip(self.names, self.shadow)), strict=False)
+        state = self.average.module.state_dict()
+        model.load_state_dict({k: v for k, v in state.items() if v.is_floating_point()}, strict=False)
 
 
 def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
@@ -86,6 +85,7 @@ def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
     """
     freeze_prefix(model.backbone, cfg["freeze_blocks"])
     opt = make_optimizer(model, cfg)
+    schedule = lr_scheduler(opt, cfg, len(loader))
     total, step, history = cfg["epochs"] * len(loader), 0, []
     place(model, device)
     forward = distributed.step_fn(model, batch_loss, device, cfg["freeze_bn"])
@@ -98,8 +98,6 @@ def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
             losses, start = [], time.perf_counter()
             distributed.start_epoch(loader, epoch)
             for batch_index, batch in enumerate(loader):
-                for group in opt.param_groups:
-                    group["lr"] = scheduled_lr(group["base_lr"], cfg, step, total, epoch)
                 with autocast(device, cfg["precision"]):
                     loss = forward([place(t, device) for t in batch])
                 value = loss.item()
@@ -112,6 +110,7 @@ def fit(model, loader: DataLoader, cfg: dict, device: torch.device,
                 scaler.scale(loss).backward()   # fp16 only: scaled; otherwise loss.backward(), opt.step()
                 scaler.step(opt)
                 scaler.update()
+                schedule.step()
                 if average:
                     average.update()
                 losses.append(value)
