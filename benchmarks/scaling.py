@@ -180,7 +180,7 @@ VOC_SBD = {"train_aug": 10_582, "val": 1_449}   # PASCAL VOC 2012 + SBD: the tra
 def projection() -> tuple[dict, list[str]]:
     """Full VOC 2012 + SBD on this machine, from real VOC-size per-stage times (linear in images at
     fixed epochs): the pipeline record on voc2012-mini (330 train, 261 val), plus the records of
-    what issue 18 added since (label round r1, superpixel voting), which ran on contended cores."""
+    what the label-round defaults added since (label round r1, superpixel voting), which ran on contended cores."""
     pipe = json.loads((RESULTS / "pipeline_voc_mini.json").read_text())
     st = {k: v["result"] for k, v in pipe["stages"].items()}
     n_train, n_val = st["manifest"]["images"]["train"], st["manifest"]["images"]["val"]
@@ -270,7 +270,7 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=16, help="val images (the manifest scans them; nothing else does)")
     ap.add_argument("--stages", nargs="+", default=STAGES, choices=STAGES)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--scratch", default="/tmp/wsss-scaling")
+    ap.add_argument("--scratch", default="benchmarks/work/scaling")
     ap.add_argument("--results", default=str(RESULTS), help="where scaling.jsonl and scaling.md go")
     ap.add_argument("--name", default="scaling")
     ap.add_argument("--budget-s", type=float, default=0, help="skip stages projected past this many seconds (0: none)")

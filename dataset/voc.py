@@ -183,7 +183,7 @@ def _read_tags_lines(root: str | Path, classes: list[str]) -> dict[str, tuple[in
 
 # Images from which scan decodes over worker processes; fewer are decoded in this process. A VOC
 # JPEG decodes in about 1.3 ms of CPU, a spawned worker starts (imports) in about 0.5 s: on 2 cores
-# the pool breaks even near 1000 images, sooner on more (benchmarks/manifest_decode.py: 591 images
+# the pool breaks even near 1000 images, sooner on more (benchmarks/results/manifest_decode.json: 591 images
 # on 2 busy cores, CPU seconds of the stage 1.95 verify-only, 2.80 decoding in process, 3.43 over
 # 2 workers).
 PARALLEL_FROM = 1000
