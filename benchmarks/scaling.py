@@ -250,7 +250,7 @@ def projection() -> tuple[dict, list[str]]:
 
 
 def compact(jsonl: Path) -> list[str]:
-    """The README's table: one row per N and stage, from a scaling.jsonl."""
+    """The docs' compact table: one row per N and stage, from a scaling.jsonl."""
     rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     lines = ["| N | stage | wall s | CPU s | CPU ms / image | peak RSS, stage + workers (MB) | largest process (MB) |",
              "|---|---|---|---|---|---|---|"]
@@ -277,7 +277,7 @@ def main() -> None:
     ap.add_argument("--poll", type=float, default=0.1)
     ap.add_argument("--projection-only", action="store_true",
                     help="write scaling_projection.json (full VOC + SBD from the VOC-size records) and print it; run nothing")
-    ap.add_argument("--readme", action="store_true", help="print the README's compact table from --results/--name .jsonl")
+    ap.add_argument("--readme", action="store_true", help="print the docs' compact table from --results/--name .jsonl")
     args = ap.parse_args()
     if args.readme:
         print("\n".join(compact(Path(args.results) / f"{args.name}.jsonl")))

@@ -84,7 +84,7 @@ def read_split(root: str | Path, split: str) -> list[str]:
         found = sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
         have = f"; {folder} has {', '.join(found)}" if found else (
             f"; {folder} has no split files" if folder.is_dir() else f"; there is no {folder} folder")
-        hint = (" (train_aug.txt lists SBD's 10,582 augmented training images: README, "
+        hint = (" (train_aug.txt lists SBD's 10,582 augmented training images: docs/data.md, "
                 "'Full PASCAL VOC 2012 + SBD')") if split == "train_aug" else " (is data.root a VOC-layout dataset?)"
         raise DataError(f"{path}: split file not found{have}{hint}")
     ids = [_split_id(line.split()[0]) for line in path.read_text().splitlines() if line.strip()]
