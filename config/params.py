@@ -235,7 +235,23 @@ class Maps(Section):
         return self
 
 
+class Affinity(Section):
+    """refiner.method random_walk (localization/affinity.py): the pair labels, the network's grid and the walk."""
+
+    fg_threshold: Prob = 0.5    # pair labels: a pixel is its best class where that map is >= this,
+    bg_threshold: Prob = 0.1    # background where every map is < this, ignored between
+    radius: int = Field(5, ge=1, le=16)   # pairs within this many grid cells (training and walk)
+    stride: Literal[4, 8] = 8   # the grid of the features, the affinities and the walk
+    feature_dim: Channels = 128
+    beta: float = Field(8.0, ge=0.1, le=100.0)   # transitions: affinity ** beta (sharper edges)
+    steps: int = Field(256, ge=0, le=10_000)     # walk steps (x <- T x)
+    bg_power: float = Field(2.0, ge=0.01, le=100.0)   # background score (1 - best map) ** bg_power
+
+
 class Refiner(Localizer, Aspp, Training):
+    method: Literal["regression", "random_walk"] = "regression"   # regression: a network learns the maps (DRS);
+    # random_walk: a network learns pixel affinities, the maps walk over them (AffinityNet)
+    affinity: Affinity = Affinity()
     head: LocalizerHead = "aspp"   # aspp: the segmenter's head; cam: 1x1 conv on the features
     extra_channels: Channels = 256
     freeze_blocks: FrozenBlocks = 5

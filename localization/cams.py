@@ -22,6 +22,7 @@ from config import paths
 from dataset import voc
 from localization import group
 from localization.prm import PrmExport
+from localization.propagation import WalkExport
 from scoring.metrics import per_class_csv
 from scoring.sweep import ThresholdSweep, thresholds
 from scaleout.engine import EngineError, open_engine, progress
@@ -69,6 +70,7 @@ class ExportChunk:
     store_dir: str                # the store's temporary folder
     reports_dir: str              # overlays of the first cfg["n_overlays"] images
     neighbours: dict | None = None   # group classifier, maps.group_export neighbours: id -> the ids grouped with it
+    walk: WalkExport | None = None   # an affinity network: the raw maps walk over its affinities
 
 
 def export_chunk(task: ExportChunk, imap=None) -> dict:
@@ -77,6 +79,7 @@ def export_chunk(task: ExportChunk, imap=None) -> dict:
     cfg, n = task.cfg, len(task.classes)
     sweep = ThresholdSweep(thresholds(cfg["threshold_start"], cfg["threshold_stop"], cfg["threshold_step"]), n)
     evaluated, reports = 0, Path(task.reports_dir)
+    raw = task.walk.load([row["id"] for row in task.rows]) if task.walk else None
 
     def encoded():   # streamed into the shard a row group at a time, not held for the whole chunk
         nonlocal evaluated
@@ -85,6 +88,13 @@ def export_chunk(task: ExportChunk, imap=None) -> dict:
             mask = voc.load_mask(task.root, row["id"], n) if row["has_mask"] else None
             if task.prm:
                 maps, found = task.prm.maps(row["id"], image, row["tags"], mask)
+            elif task.walk:
+                stored_classes, stored = raw[row["id"]]
+                if list(stored_classes) != list(row["tags"]):
+                    raise ValueError(f"image {row['id']!r}: the raw maps hold classes {stored_classes}, the manifest "
+                                     f"tags {row['tags']}: rerun export_maps")
+                with autocast(device, cfg["precision"]):
+                    maps = task.walk.maps(model, image, row["tags"], stored, device)
             else:
                 with autocast(device, cfg["precision"]):
                     ctx = None if task.neighbours is None else group.context(model, task.root, task.neighbours[row["id"]],
@@ -105,7 +115,8 @@ def export_chunk(task: ExportChunk, imap=None) -> dict:
     return {"count": count, "evaluated": evaluated, "sweep": sweep.conf}
 
 
-def export(network: CheckpointRef, params: dict, store: Path, name: str, method: str = "cam") -> dict:
+def export(network: CheckpointRef, params: dict, store: Path, name: str, method: str = "cam",
+           walk: WalkExport | None = None) -> dict:
     """Maps for the training split into `store`; metrics/<name>.json, plots/<name>_sweep.csv, reports/<name>/.
     One chunk per store shard, on the engine params.yaml's `scaleout` names (scaleout/engine.py).
     method prm: peak response maps, plus `store`/instances.parquet and instance overlays and a
@@ -144,7 +155,7 @@ def export(network: CheckpointRef, params: dict, store: Path, name: str, method:
         tmp_store.mkdir()
         tasks = [ExportChunk(k, first, chunk, str(Path(root).resolve()), classes, cfg, network, prm,
                              str(tmp_store.resolve()), str(tmp_reports.resolve()),
-                             None if neighbours is None else {r["id"]: neighbours[r["id"]] for r in chunk})
+                             None if neighbours is None else {r["id"]: neighbours[r["id"]] for r in chunk}, walk)
                  for k, (first, chunk) in enumerate(engine.split(rows, cfg["shard_size"]))]
         for part in engine.run(export_chunk, tasks, f"export {name}", gpu=gpu):
             n += part["count"]
@@ -161,7 +172,7 @@ def export(network: CheckpointRef, params: dict, store: Path, name: str, method:
     device = network.held[2] if network.held else resolve_device(network.device)
     metrics = {"n_images": n, "n_evaluated": evaluated, "seconds": round(seconds, 1),
                "seconds_per_image": round(seconds / max(n, 1), 3), "method": method,
-               "scales": cfg["scales"], "flip": cfg["flip"], "engine": engine_name,
+               "scales": [1.0] if walk else cfg["scales"], "flip": False if walk else cfg["flip"], "engine": engine_name,
                "precision": "fp32" if prm else resolve_precision(device, cfg["precision"]), **prm_metrics,
                **group_metrics}
     sweep_csv, per_class = "threshold,miou\n", {}

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from models.affinity import build_affinity
 from models.classifier import build_localizer
 from models.ensemble import build_ensemble
 from models.segmenter import build_segmenter
 
-BUILDERS = {"localizer": build_localizer, "segmenter": build_segmenter,
+BUILDERS = {"localizer": build_localizer, "affinity": build_affinity,   # affinity: refiner.method random_walk
+            "segmenter": build_segmenter,
             "segmenter_ensemble": build_ensemble}   # train_semi's co-training members (models/ensemble.py)
 
 

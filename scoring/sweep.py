@@ -58,8 +58,12 @@ class ThresholdSweep:
         scores = [summary(c, class_names)["miou"] for c in self.conf]
         best = int(np.nanargmax(scores))
         out = summary(self.conf[best], class_names)
+        conf, total = self.conf[best], max(int(self.conf[best].sum()), 1)
         out.update({
             "threshold": self.values[best],
+            # at that threshold, the share of pixels called foreground against the masks' own share
+            "fg_share_pred": round(100 * (1 - conf[:, 0].sum() / total), 2),
+            "fg_share_true": round(100 * (1 - conf[0].sum() / total), 2),
             "best_at_sweep_edge": best in (0, len(scores) - 1),
             "sweep": [{"threshold": t, "miou": s} for t, s in zip(self.values, scores)],
         })

@@ -1,12 +1,19 @@
-"""Stage 3b: refined maps (the refiner's) for every training image, packed and scored like the raw maps."""
+"""Stage 3b: refined maps (the refiner's) for every training image, packed and scored like the raw maps.
+An affinity refiner (refiner.method random_walk) refines by walking the raw maps over its affinities."""
 from __future__ import annotations
 
 from config import paths
 from localization.cams import export
+from localization.propagation import WalkExport
+from stores import shards
 from training.checkpoints import CheckpointRef
 
 
 def main(params: dict) -> dict:
     # the path, not a loaded network: engine dask loads it on each worker (an absolute path: theirs too)
     network = CheckpointRef(str(paths.REFINER.resolve()), params["refiner"]["device"])
-    return export(network, params, paths.REFINED_MAPS, "refined_maps")
+    walk = None
+    if network.config()["kind"] == "affinity":
+        sources = [path for path, _ in shards.index(paths.MAPS)]
+        walk = WalkExport(sources, params["refiner"]["affinity"])   # the walk's settings: no retraining to change them
+    return export(network, params, paths.REFINED_MAPS, "refined_maps", walk=walk)

@@ -2,7 +2,10 @@
 localization/refinement.py). `refiner.head` picks the network: `aspp` (the segmenter's DeepLab
 head: dilated context per pixel) or `cam` (a 1x1 conv on the backbone's features, like the
 classifier). On voc2012-mini the 1x1 version only learned to predict near-zero maps (refined 31.27
-vs raw 38.24 mIoU); the ASPP head learns the shapes (43.22). Saves artifacts/refiner.pt.
+vs raw 38.24 mIoU); the ASPP head learns the shapes (43.22).
+`refiner.method: random_walk` trains AffinityNet's pixel-affinity network instead (core in
+localization/affinity.py): no map regression, pair labels from the maps' confident regions; the
+refined-map export then walks the maps over its affinities. Saves artifacts/refiner.pt either way.
 """
 from __future__ import annotations
 
@@ -11,7 +14,9 @@ import time
 from config import paths
 from dataset import voc
 from dataset.crops import TrainingCrops
+from localization import affinity
 from localization.refinement import MapTarget, refinement_loss
+from models.affinity import build_affinity
 from models.classifier import build_localizer
 from models.networks import to_config
 from stores import mapstore
@@ -28,13 +33,18 @@ def main(params: dict) -> dict:
     _, classes, root = voc.read_manifest(paths.MANIFEST)
     stored = mapstore.read_dict(paths.MAPS)   # {id: (classes, uint8 maps)}, held compressed
     n_fg = len(classes) - 1
-    model = build_localizer(cfg, n_fg)
-    loader = training_loader(TrainingCrops(root, list(stored), MapTarget(stored, n_fg), cfg["crop_size"],
-                                           cfg["resize_long"], cfg["seed"]), cfg)
+    if cfg["method"] == "random_walk":
+        aff = cfg["affinity"]
+        kind, model, loss = "affinity", build_affinity(cfg), affinity.batch_loss(aff["radius"], aff["stride"])
+        target = affinity.ConfidentTarget(stored, aff["fg_threshold"], aff["bg_threshold"])
+    else:
+        kind, model, loss, target = "localizer", build_localizer(cfg, n_fg), refinement_loss, MapTarget(stored, n_fg)
+    loader = training_loader(TrainingCrops(root, list(stored), target, cfg["crop_size"], cfg["resize_long"],
+                                           cfg["seed"]), cfg)
     start = time.perf_counter()
-    history = trainer.fit(model, loader, cfg, device, refinement_loss, "train refiner")
-    checkpoints.save(paths.REFINER, model, to_config("localizer", cfg, classes))
-    metrics = {"train_seconds": round(time.perf_counter() - start, 1), "epochs": cfg["epochs"],
+    history = trainer.fit(model, loader, cfg, device, loss, "train refiner")
+    checkpoints.save(paths.REFINER, model, to_config(kind, cfg, classes))
+    metrics = {"method": cfg["method"], "train_seconds": round(time.perf_counter() - start, 1), "epochs": cfg["epochs"],
                "n_train": len(stored), "final_loss": round(history[-1]["loss"], 6), "device": str(device),
                **distributed.batch_metrics(loader)}
     return write_stage_outputs("refiner", metrics, plots={"refiner_train.csv": trainer.history_csv(history)})

@@ -258,7 +258,11 @@ def train_and_score(params: dict, labels_for: Callable[[str], np.ndarray], name:
     cfg = params["segmenter"]
     warm = None
     if cfg["init"] == "refiner":
-        warm = (checkpoints.read(paths.REFINER)["state_dict"], str(paths.REFINER))
+        refiner = checkpoints.read(paths.REFINER)
+        if refiner["config"]["kind"] != "localizer":
+            raise ValueError(f"segmenter.init: refiner needs a map-regression refiner; {paths.REFINER} is an "
+                             f"{refiner['config']['kind']} network (refiner.method random_walk): use segmenter.init=imagenet")
+        warm = (refiner["state_dict"], str(paths.REFINER))
     backbone_from = paths.PRETRAIN_BACKBONE if cfg["init"] == "pretrain" else None
     seed_everything(cfg["seed"])
     device = resolve_device(cfg["device"])
