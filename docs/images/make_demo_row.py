@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 SIDE = 192
@@ -20,15 +21,16 @@ HEADER = 22
 
 def blend(image: Image.Image, labels: Image.Image, alpha: float = 0.6) -> Image.Image:
     """The palette label map over the image; void (255) and background (0) leave the image visible."""
-    colour = labels.convert("RGB").resize(image.size, Image.NEAREST)
-    keep = labels.resize(image.size, Image.NEAREST).point(lambda v: 0 if v in (0, 255) else int(255 * alpha))
-    return Image.composite(colour, image, keep)
+    labels = labels.resize(image.size, Image.NEAREST)
+    index = np.asarray(labels)   # palette indices: the class ids
+    keep = Image.fromarray(np.where((index == 0) | (index == 255), 0, int(255 * alpha)).astype(np.uint8), "L")
+    return Image.composite(labels.convert("RGB"), image, keep)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
-    ap.add_argument("image_id", nargs="?", default="demo_train_00000")
+    ap.add_argument("image_id", nargs="?", default="demo_train_00002")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("demo_row.png"))
     args = ap.parse_args()
     run, iid = args.run, args.image_id
@@ -46,7 +48,7 @@ def main() -> None:
         row.paste(tile.resize((SIDE, SIDE), Image.BILINEAR), (i * SIDE, HEADER))
         draw.text((i * SIDE + 6, 5), title, fill="black")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    row.save(args.out, optimize=True)
+    row.quantize(colors=192, method=Image.Quantize.MEDIANCUT).save(args.out, optimize=True)   # small for the README
     print(args.out, row.size)
 
 
