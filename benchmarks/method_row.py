@@ -25,6 +25,8 @@ def row(run: Path, method: str, config: dict, seed: int) -> dict:
     rounds = sorted(p.name for p in (run / "metrics" / "rounds").iterdir()) if (run / "metrics" / "rounds").is_dir() else []
     return {"method": method, "config": config, "seed": seed,
             "maps_miou": maps.get("miou"), "refined_miou": refined.get("miou"),
+            # the maps the labels come from (refined, else raw): foreground share at their best threshold
+            "fg_share_pred": (refined or maps).get("fg_share_pred"), "fg_share_true": (refined or maps).get("fg_share_true"),
             "labels_miou": labels.get("miou"), "ignored_fraction": labels.get("ignored_fraction"),
             "val_miou": seg.get("val_miou"), "val_miou_crf": seg.get("val_miou_crf"),
             "rounds": {k: {"labels_miou": read(run, f"rounds/{k}/pseudo_labels").get("miou"),

@@ -240,6 +240,7 @@ class Affinity(Section):
 
     fg_threshold: Prob = 0.5    # pair labels: a pixel is its best class where that map is >= this,
     bg_threshold: Prob = 0.1    # background where every map is < this, ignored between
+    crf: bool = True            # the two regions snapped to image edges by pseudo_labels.crf first (IRN)
     radius: int = Field(5, ge=1, le=16)   # pairs within this many grid cells (training and walk)
     stride: Literal[4, 8] = 8   # the grid of the features, the affinities and the walk
     feature_dim: Channels = 128

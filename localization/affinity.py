@@ -33,6 +33,31 @@ def confident_labels(maps: np.ndarray, classes: list[int], fg_threshold: float, 
     return labels
 
 
+def crf_confident_labels(image: np.ndarray, maps: np.ndarray, classes: list[int], fg_threshold: float,
+                         bg_threshold: float, crf_cfg: dict) -> np.ndarray:
+    """`confident_labels` with each region snapped to the image's edges by a dense CRF (IRN's recipe):
+    the CRF of the maps' argmax against a constant background score, once at fg_threshold (its
+    class pixels are confident foreground) and once at bg_threshold (its background pixels are
+    confident background); IGNORE elsewhere."""
+    from labelling.crf import crf_argmax
+
+    if len(classes) == 0:
+        return np.zeros(maps.shape[1:], np.uint8)
+    lookup = np.asarray([0, *classes], np.uint8)
+
+    def crf_winner(bg: float) -> np.ndarray:
+        hard = np.concatenate([np.full((1, *maps.shape[1:]), bg, maps.dtype), maps]).argmax(0)
+        probs = np.full((len(classes) + 1, *hard.shape), 0.3 / len(classes), np.float32)   # a label, 70% sure
+        np.put_along_axis(probs, hard[None], 0.7, 0)
+        return crf_argmax(np.ascontiguousarray(image), probs, crf_cfg)
+
+    fg, bg = crf_winner(fg_threshold), crf_winner(bg_threshold)
+    labels = lookup[fg]
+    labels[fg == 0] = IGNORE
+    labels[(fg == 0) & (bg == 0)] = 0
+    return labels
+
+
 def offsets(radius: int) -> list[tuple[int, int]]:
     """Half of the disc of `radius` cells around a pixel, (dy, dx) with dy > 0 or (dy == 0, dx > 0):
     each unordered pair of neighbours once."""
@@ -142,14 +167,18 @@ def propagate(maps: np.ndarray, affinities: list[np.ndarray], pairs: list[tuple[
 class ConfidentTarget:
     """The confident labels of stored maps (uint8, from stores.mapstore) for
     `dataset.crops.TrainingCrops`: maps resized to the rescaled image, labelled, then flipped and
-    cropped with it (padding is IGNORE)."""
+    cropped with it (padding is IGNORE). `crf_labels` ({id: labels at image size}, from
+    crf_confident_labels) replaces the thresholding: those labels are resized instead."""
 
     dense, fill = True, IGNORE
 
-    def __init__(self, maps, fg_threshold: float, bg_threshold: float):
-        self.maps, self.fg, self.bg = maps, fg_threshold, bg_threshold
+    def __init__(self, maps, fg_threshold: float, bg_threshold: float, crf_labels=None):
+        self.maps, self.fg, self.bg, self.crf_labels = maps, fg_threshold, bg_threshold, crf_labels
 
     def load(self, image_id: str, source_hw, size_hw) -> np.ndarray:
+        if self.crf_labels is not None:
+            labels = torch.from_numpy(self.crf_labels[image_id])[None, None].float()
+            return F.interpolate(labels, size=tuple(size_hw), mode="nearest")[0, 0].numpy().astype(np.uint8)
         classes, maps_u8 = self.maps[image_id]
         maps = F.interpolate(torch.from_numpy(maps_u8.astype(np.float32) / 255)[None], size=tuple(size_hw),
                              mode="bilinear", align_corners=False)[0].numpy()

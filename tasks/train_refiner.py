@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+from tqdm import tqdm
+
 from config import paths
 from dataset import voc
 from dataset.crops import TrainingCrops
@@ -20,9 +23,20 @@ from models.affinity import build_affinity
 from models.classifier import build_localizer
 from models.networks import to_config
 from stores import mapstore
+from stores.labelstore import PackedLabels
 from tracking.outputs import write_stage_outputs
 from training import checkpoints, distributed, trainer
 from training.runtime import resolve_device, seed_everything, training_loader
+
+
+def confident_crf_labels(root, stored, aff: dict, crf_cfg: dict) -> PackedLabels:
+    """{id: CRF-snapped confident labels at image size} of every training image, once before training."""
+    def labelled():
+        for image_id in tqdm(list(stored), desc="confident regions (CRF)", unit="img"):
+            classes, maps_u8 = stored[image_id]
+            yield image_id, affinity.crf_confident_labels(voc.load_image(root, image_id), maps_u8.astype(np.float32) / 255,
+                                                          classes, aff["fg_threshold"], aff["bg_threshold"], crf_cfg)
+    return PackedLabels(labelled())
 
 
 @distributed.stage   # also under torchrun: every rank trains, rank 0 does the rest
@@ -36,7 +50,8 @@ def main(params: dict) -> dict:
     if cfg["method"] == "random_walk":
         aff = cfg["affinity"]
         kind, model, loss = "affinity", build_affinity(cfg), affinity.batch_loss(aff["radius"], aff["stride"])
-        target = affinity.ConfidentTarget(stored, aff["fg_threshold"], aff["bg_threshold"])
+        crf = confident_crf_labels(root, stored, aff, params["pseudo_labels"]["crf"]) if aff["crf"] else None
+        target = affinity.ConfidentTarget(stored, aff["fg_threshold"], aff["bg_threshold"], crf)
     else:
         kind, model, loss, target = "localizer", build_localizer(cfg, n_fg), refinement_loss, MapTarget(stored, n_fg)
     loader = training_loader(TrainingCrops(root, list(stored), target, cfg["crop_size"], cfg["resize_long"],

@@ -87,3 +87,17 @@ def test_affinity_net_gives_one_feature_vector_per_grid_cell():
     with torch.no_grad():
         f = net(torch.rand(1, 3, 75, 100) * 255)
     assert f.shape == (1, 16, 10, 13) and net.grid((75, 100)) == (10, 13)
+
+
+def test_the_crf_snaps_confident_regions_to_the_image_edge():
+    h, w = 24, 32
+    image = np.zeros((h, w, 3), np.uint8)
+    image[:, 16:] = 255                                  # an edge at column 16
+    maps = np.zeros((1, h, w), np.float32)
+    maps[0, :, 4:22] = 0.9                               # a blob that spills 6 px past the edge
+    crf = {"iterations": 10, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 50, "bilateral_srgb": 5,
+           "bilateral_compat": 10}
+    plain = aff.confident_labels(maps, [2], 0.5, 0.1)
+    snapped = aff.crf_confident_labels(image, maps, [2], 0.5, 0.1, crf)
+    assert (plain[:, 16:22] == 2).all()                   # thresholding keeps the spill
+    assert (snapped[:, 17:] != 2).all() and (snapped[:, 6:15] == 2).all()
