@@ -77,7 +77,7 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=list(CONFIGS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], help="extra override applied to every configuration")
-    ap.add_argument("--scratch", default="/tmp/wsss-ablation")
+    ap.add_argument("--scratch", default="benchmarks/work/ablation")
     ap.add_argument("--collect", action="store_true",
                     help="record configurations already run in --scratch instead of running them")
     args = ap.parse_args()

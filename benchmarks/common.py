@@ -134,6 +134,18 @@ def append_row(row: dict, dry_run: bool = False, name: str = "seed_methods.jsonl
             fh.write(json.dumps(row) + "\n")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what platform knows: what a record ran on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def host() -> dict:
-    return {"host": platform.node(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
+    """The machine by what it is (CPU model and count), never by its host name."""
+    return {"cpu": cpu_model(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"),
             "threads": os.environ.get("OMP_NUM_THREADS", "default")}

@@ -6,7 +6,7 @@ for mask counts x methods x seeds, with the weak default and the fully supervise
 
 Each row runs train_semi in its own scratch folder (--scratch/<method>_m<masks>_s<seed>_<hash of its
 variant: semi.init, semi.pseudo_weight, --set and source_id, the source's fingerprint>) that holds a
-copy of the source run's manifest and pseudo labels (--source, default /tmp/wsss-pipeline/i18_s0, only read), appends {masks, method,
+copy of the source run's manifest and pseudo labels (--source, default benchmarks/work/pipeline/voc_mini: run_pipeline.py's run, only read), appends {masks, method,
 seed, val_miou, wall_s, settings...} to benchmarks/results/few_masks.jsonl (rows already there with
 the same masks, method, seed, epochs, limit and variant are skipped), and redraws the plot
 (benchmarks/results/few_masks.png, also logged to MLflow). `seed` sets both semi.seed (which images
@@ -34,14 +34,14 @@ from pathlib import Path
 from common import REPO, RESULTS, copy_run, host, params_for, run_stages, split_score, train_score
 from config.params import SEMI_METHODS, SEMI_NEEDS_MASKS, SEMI_PSEUDO_ONLY
 
-SOURCE = Path("/tmp/wsss-pipeline/i18_s0")
+SOURCE = Path("benchmarks/work/pipeline/voc_mini")
 METHODS = list(SEMI_METHODS)
 TRAIN_SCORED_ON = "the unmasked train images' ground-truth masks (val inference settings, no CRF)"
-WEAK, REFERENCE, TARGET = 41.16, 54.5, 47.0   # val mIoU: weak default, reference (330 masks), issue 20's target at 33
+WEAK, REFERENCE, TARGET = 41.16, 54.5, 47.0   # val mIoU: weak default, reference (330 masks), the target at 33
 
 
-# always part of a variant: their defaults changed (init and pseudo_weight in the fourteenth session,
-# cutmix's consistency weight in the twentieth), so a row says its value whether or not it was --set
+# always part of a variant: their defaults changed (init and pseudo_weight on 2026-11-28,
+# cutmix's consistency weight on 2026-11-29), so a row says its value whether or not it was --set
 EXPLICIT = ("semi.init", "semi.pseudo_weight", "semi.cutmix.consistency_weight")
 CUTMIX_FIRST_WEIGHT = 1.0   # cutmix rows without settings.cutmix ran at the first default
 SCORING_ONLY = ("semi.crf",)                     # changes the scores a run reports, not the run
@@ -329,7 +329,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="first N train and N val images only (a quick check)")
     ap.add_argument("--set", action="append", default=[], help="more params overrides, key=value")
     ap.add_argument("--source", default=str(SOURCE))
-    ap.add_argument("--scratch", default="/tmp/wsss-few-masks")
+    ap.add_argument("--scratch", default="benchmarks/work/few_masks")
     ap.add_argument("--out", default=str(RESULTS / "few_masks.jsonl"))
     ap.add_argument("--plot", default=str(RESULTS / "few_masks.png"))
     ap.add_argument("--plot-only", action="store_true")

@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--root", default=os.environ.get("WSSS_VOC_MINI"))
     ap.add_argument("--nproc", type=int, default=1, help="torchrun processes for the second part (GPUs)")
     ap.add_argument("--set", action="append", default=[])
-    ap.add_argument("--scratch", default="/tmp/wsss-gpu-check")
+    ap.add_argument("--scratch", default="benchmarks/work/gpu_check")
     args = ap.parse_args()
     gpu = gpu_or_exit()   # first: fail fast, before any data is read
     if not args.root:

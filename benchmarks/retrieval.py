@@ -2,7 +2,7 @@
 copy-score calibration of the near-duplicate threshold, and the train/val near-duplicate report.
 
     OMP_NUM_THREADS=1 python benchmarks/retrieval.py [--root $WSSS_VOC_MINI]
-        [--checkpoint /tmp/wsss-pipeline/i18_s0/artifacts/classifier.pt] [--networks classifier imagenet]
+        [--checkpoint benchmarks/work/pipeline/voc_mini/artifacts/classifier.pt] [--networks classifier imagenet]
         [--limit N] [--no-write]
 
 Every image (train + val, 591) is a query against all the others. Relevance (primary): the other
@@ -39,7 +39,7 @@ from retrieval import descriptors as D  # noqa: E402
 from retrieval import neighbours  # noqa: E402
 from retrieval.index import load_network  # noqa: E402
 
-DEFAULT_CKPT = "/tmp/wsss-pipeline/i18_s0/artifacts/classifier.pt"
+DEFAULT_CKPT = "benchmarks/work/pipeline/voc_mini/artifacts/classifier.pt"
 WHITEN_DIMS = (0, 32, 64, 128, 256)
 CALIBRATION_DIMS = (0, 32, 128, 256)
 RULES = ("largest_area", "any_tag", "same_largest")

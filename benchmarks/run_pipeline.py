@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--name", default="voc_mini")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--stages", nargs="*", default=STAGES)
-    ap.add_argument("--scratch", default="/tmp/wsss-pipeline")
+    ap.add_argument("--scratch", default="benchmarks/work/pipeline")
     args = ap.parse_args()
     if not args.root:
         sys.exit("no dataset: pass --root or set WSSS_VOC_MINI")

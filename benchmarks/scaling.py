@@ -180,7 +180,7 @@ VOC_SBD = {"train_aug": 10_582, "val": 1_449}   # PASCAL VOC 2012 + SBD: the tra
 def projection() -> tuple[dict, list[str]]:
     """Full VOC 2012 + SBD on this machine, from real VOC-size per-stage times (linear in images at
     fixed epochs): the pipeline record on voc2012-mini (330 train, 261 val), plus the records of
-    what issue 18 added since (label round r1, superpixel voting), which ran on contended cores."""
+    what the label-round defaults added since (label round r1, superpixel voting), which ran on contended cores."""
     pipe = json.loads((RESULTS / "pipeline_voc_mini.json").read_text())
     st = {k: v["result"] for k, v in pipe["stages"].items()}
     n_train, n_val = st["manifest"]["images"]["train"], st["manifest"]["images"]["val"]
@@ -250,7 +250,7 @@ def projection() -> tuple[dict, list[str]]:
 
 
 def compact(jsonl: Path) -> list[str]:
-    """The README's table: one row per N and stage, from a scaling.jsonl."""
+    """The docs' compact table: one row per N and stage, from a scaling.jsonl."""
     rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
     lines = ["| N | stage | wall s | CPU s | CPU ms / image | peak RSS, stage + workers (MB) | largest process (MB) |",
              "|---|---|---|---|---|---|---|"]
@@ -270,14 +270,14 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=16, help="val images (the manifest scans them; nothing else does)")
     ap.add_argument("--stages", nargs="+", default=STAGES, choices=STAGES)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--scratch", default="/tmp/wsss-scaling")
+    ap.add_argument("--scratch", default="benchmarks/work/scaling")
     ap.add_argument("--results", default=str(RESULTS), help="where scaling.jsonl and scaling.md go")
     ap.add_argument("--name", default="scaling")
     ap.add_argument("--budget-s", type=float, default=0, help="skip stages projected past this many seconds (0: none)")
     ap.add_argument("--poll", type=float, default=0.1)
     ap.add_argument("--projection-only", action="store_true",
                     help="write scaling_projection.json (full VOC + SBD from the VOC-size records) and print it; run nothing")
-    ap.add_argument("--readme", action="store_true", help="print the README's compact table from --results/--name .jsonl")
+    ap.add_argument("--readme", action="store_true", help="print the docs' compact table from --results/--name .jsonl")
     args = ap.parse_args()
     if args.readme:
         print("\n".join(compact(Path(args.results) / f"{args.name}.jsonl")))

@@ -1,18 +1,18 @@
-"""The segmenter-side methods of issue 20 (OCR head, locally adaptive loss) on a finished pipeline's
+"""The segmenter-side methods (OCR head, locally adaptive loss) on a finished pipeline's
 labels: one segmenter training per call, one row appended to benchmarks/results/seed_methods.jsonl.
 
-    OMP_NUM_THREADS=2 python benchmarks/segmenter_methods.py [--run /tmp/wsss-pipeline/i18_s0]
+    OMP_NUM_THREADS=2 python benchmarks/segmenter_methods.py [--run benchmarks/work/pipeline/voc_mini]
         [--labels pseudo|gt] [--set segmenter.head=ocr] [--set segmenter.loss=locally_adaptive]
         [--set segmenter.seed=1] [--method NAME] [--no-train-score] [--note TEXT]
 
 The run's artifacts/manifest.parquet and artifacts/pseudo_labels (and refiner.pt, for
 segmenter.init=refiner) are copied into a scratch directory of this script's own (--scratch,
-default /tmp/wsss-segmethods/<method>_<labels>_s<seed>); nothing is written into the run. There
+default benchmarks/work/segmenter_methods/<method>_<labels>_s<seed>); nothing is written into the run. There
 the stage train_segmenter (--labels pseudo: the run's pseudo labels) or train_reference (--labels
 gt: the ground-truth masks, the reference) trains with params.yaml plus the --set overrides and
 scores val (val_miou, and val_miou_crf).
 
-Choices are to be made on train-split scores (issue 20), so the trained network also predicts the
+Choices are made on train-split scores, so the trained network also predicts the
 train split (val's inference: segmenter.val_scales and val_flip, no CRF) and `train_miou` is its mIoU
 against the train split's ground-truth masks; the masks are only scored, never trained on with
 --labels pseudo. The row: method (ocr, adaptive_loss, ocr+adaptive_loss or baseline, from the
@@ -62,11 +62,11 @@ def prepare(run: Path, scratch: Path, labels: str, limit: int, init: str) -> Pat
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", type=Path, default=Path("/tmp/wsss-pipeline/i18_s0"))
+    ap.add_argument("--run", type=Path, default=Path("benchmarks/work/pipeline/voc_mini"))
     ap.add_argument("--labels", choices=("pseudo", "gt"), default="pseudo")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--method", default="", help="row's method (default: from segmenter.head / segmenter.loss)")
-    ap.add_argument("--scratch", type=Path, default=Path("/tmp/wsss-segmethods"))
+    ap.add_argument("--scratch", type=Path, default=Path("benchmarks/work/segmenter_methods"))
     ap.add_argument("--limit", type=int, default=0, help="first N images of each split (a check, not a result)")
     ap.add_argument("--no-train-score", action="store_true")
     ap.add_argument("--score-run", action="store_true", help="no training: score the run's own segmenter on train")

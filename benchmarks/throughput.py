@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=60)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--stages", default="map_export,pseudo_labels,predict")
-    parser.add_argument("--work", default="/tmp/wsss-throughput")
+    parser.add_argument("--work", default="benchmarks/work/throughput")
     parser.add_argument("--append", action="store_true",
                         help="keep throughput.jsonl's rows of the stages not measured now (the table shows all)")
     args = parser.parse_args()

@@ -1,8 +1,8 @@
 """Pseudo-label versions: list, diff, roll back, record.
 
 A version is a git commit whose dvc.lock gives a pseudo-label output a new hash; the bytes live
-in the DVC cache and the default remote. With iterative label rounds (params.yaml `rounds`,
-issue 18) every round's labels are versions of their own: `artifacts/rounds/<round>/pseudo_labels`
+in the DVC cache and the default remote. With iterative label rounds (params.yaml `rounds`)
+every round's labels are versions of their own: `artifacts/rounds/<round>/pseudo_labels`
 (round `r1`, `r2`, ...) beside the final `artifacts/pseudo_labels` (round `final`), so one commit
 can hold several versions, numbered in round order with the final labels last. Rolling back
 restores dvc.lock, params.yaml and the uncached metrics/plots of that commit and runs

@@ -85,7 +85,7 @@ def read_split(root: str | Path, split: str) -> list[str]:
         found = sorted(p.stem for p in folder.glob("*.txt")) if folder.is_dir() else []
         have = f"; {folder} has {', '.join(found)}" if found else (
             f"; {folder} has no split files" if folder.is_dir() else f"; there is no {folder} folder")
-        hint = (" (train_aug.txt lists SBD's 10,582 augmented training images: README, "
+        hint = (" (train_aug.txt lists SBD's 10,582 augmented training images: docs/data.md, "
                 "'Full PASCAL VOC 2012 + SBD')") if split == "train_aug" else " (is data.root a VOC-layout dataset?)"
         raise DataError(f"{path}: split file not found{have}{hint}")
     try:   # ids become file names (JPEGImages/ID.jpg, panels, exported PNGs)
@@ -187,7 +187,7 @@ def _read_tags_lines(root: str | Path, classes: list[str]) -> dict[str, tuple[in
 
 # Images from which scan decodes over worker processes; fewer are decoded in this process. A VOC
 # JPEG decodes in about 1.3 ms of CPU, a spawned worker starts (imports) in about 0.5 s: on 2 cores
-# the pool breaks even near 1000 images, sooner on more (benchmarks/manifest_decode.py: 591 images
+# the pool breaks even near 1000 images, sooner on more (benchmarks/results/manifest_decode.json: 591 images
 # on 2 busy cores, CPU seconds of the stage 1.95 verify-only, 2.80 decoding in process, 3.43 over
 # 2 workers).
 PARALLEL_FROM = 1000

@@ -2,7 +2,7 @@
 
 - `search`: one query's k best matches;
 - `nearest_neighbours`: every image's k nearest other images (ids + scores), e.g. the groups of
-  visually similar images the group-wise classifier can train on (issue 21, item 1);
+  visually similar images the group-wise classifier can train on;
 - `near_duplicates`: image pairs across two splits (and within a split, optionally) scoring at or
   above a threshold: the train/val leak check.
 Score matrices are computed `chunk` rows at a time, so memory stays chunk x N.

@@ -14,7 +14,7 @@ K segmenters (models/ensemble.py) learn together:
 
 Prediction: the ensemble's mean softmax (Ensemble.forward), chosen over a distilled single model
 because distilling would cost another full training on this CPU, while averaging the K members is
-what their diversity was trained for (README, "Few masks").
+what their diversity was trained for (docs/semi-supervised.md).
 """
 from __future__ import annotations
 

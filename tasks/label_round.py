@@ -1,4 +1,4 @@
-"""A label round before the last (Wang et al., CVPR 2018; README "Label rounds"): one DVC stage
+"""A label round before the last (Wang et al., CVPR 2018; docs/methods.md, "Label rounds"): one DVC stage
 per key of params.yaml's `rounds` (`python -m tasks label_round@r1`, dvc.yaml's foreach).
 
   labels of `rounds.<key>.maps` (the pseudo_labels stage's code) -> artifacts/rounds/<key>/pseudo_labels

@@ -1,4 +1,4 @@
-"""Issue 20, items 1-2: the OCR head (models/ocr.py) and the locally adaptive loss (models/losses.py)."""
+"""The OCR head (models/ocr.py) and the locally adaptive loss (models/losses.py)."""
 import itertools
 
 import numpy as np

@@ -141,7 +141,7 @@ def test_cli_lists_and_refuses_unknown_or_unsafe_rollback(label_repo):
     assert yaml.safe_load((repo / "params.yaml").read_text()) == {"labels": {"seed": 1}}
 
 
-# Iterative label rounds (issue 18): a foreach stage over params.yaml `rounds` makes each round's
+# Iterative label rounds: a foreach stage over params.yaml `rounds` makes each round's
 # labels (artifacts/rounds/<round>/pseudo_labels); the canonical pseudo_labels stage is the last round.
 MAKE_ROUND = textwrap.dedent('''\
     import json, os, random, sys, yaml

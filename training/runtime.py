@@ -29,7 +29,7 @@ def wants_gpu(name: str) -> bool:
 
 def place(x, device: torch.device):
     """A model or tensor on `device`; models and image batches (4-D) go channels-last, which makes
-    the depthwise and dilated convolutions of the CPU path 1.1-1.4x faster (benchmarks/step_speed.py)."""
+    the depthwise and dilated convolutions of the CPU path 1.1-1.4x faster (benchmarks/results/step_speed.jsonl)."""
     if isinstance(x, torch.nn.Module):
         return x.to(device, memory_format=torch.channels_last)
     x = x.to(device, non_blocking=True)   # overlaps the copy from pinned memory (CUDA); no-op on the CPU
@@ -68,7 +68,7 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def autocast(device: torch.device, precision: str):
     """The context a stage runs its network in: `bf16` / `fp16` run convolutions in that type
     (losses, softmax and upsampling stay float32); CPUs with AMX run bf16 1.2-1.5x faster
-    (benchmarks/precision_speed.py); `fp32` changes nothing; `auto` picks (resolve_precision)."""
+    (benchmarks/results/precision_speed.jsonl); `fp32` changes nothing; `auto` picks (resolve_precision)."""
     dtype = _DTYPES.get(resolve_precision(device, precision))
     return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
