@@ -31,6 +31,7 @@ def main() -> None:
 
     from config import paths
     from labelling.batch import label_all
+    from scaleout.engine import LOOPBACK
 
     os.chdir(WORK)
 
@@ -43,8 +44,8 @@ def main() -> None:
     for _ in range(int(os.environ.get("REPS", "2"))):
         seconds["alone"].append(timed())
         if os.environ.get("CLUSTER", "1") == "1":
-            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                   silence_logs=logging.ERROR)
+            cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host=LOOPBACK,
+                                   dashboard_address=f"{LOOPBACK}:0", silence_logs=logging.ERROR)
             seconds["idle_cluster"].append(timed())
             cluster.close()
         print(seconds, flush=True)
