@@ -2,6 +2,7 @@
 local cluster (scaleout/engine.py), and the Prefect server and MLflow UI as the Makefile starts them."""
 import os
 import shlex
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -27,7 +28,7 @@ def test_the_local_dask_cluster_listens_on_loopback_only():
     cluster = local_cluster(1)
     try:
         found = servers.listeners(os.getpid())
-        dashboard = int(cluster.cluster.dashboard_link.split(":")[2].split("/")[0])
+        dashboard = urlsplit(cluster.cluster.dashboard_link).port
         scheduler = int(cluster.scheduler_address.rsplit(":", 1)[1])
         assert {dashboard, scheduler} <= {port for _, port in found}   # the check sees both servers
         assert not exposed(found), f"Dask listens beyond this machine: {sorted(exposed(found))}"
