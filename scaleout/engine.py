@@ -89,6 +89,9 @@ class LocalEngine:
 # fragmentation it guards against does not build up, so its workers keep glibc's default.
 WORKER_ENV = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
+# The scheduler and its dashboard serve this machine only: ":0" alone binds the dashboard to every interface.
+LOOPBACK = "127.0.0.1"
+
 KILL_ONCE_ENV = "WSSS_SCALEOUT_KILL_ONCE"   # tests: a marker path (tests/test_scaleout_dask.py)
 
 
@@ -128,7 +131,8 @@ class _LocalCluster:
         try:   # workers one thread each: a torch network per process, no oversubscription
             with dask.config.set(WORKER_ENV):
                 self.cluster = LocalCluster(n_workers=workers or default_workers(threads), threads_per_worker=1,
-                                            processes=True, dashboard_address=":0", silence_logs=logging.ERROR,
+                                            processes=True, host=LOOPBACK, dashboard_address=f"{LOOPBACK}:0",
+                                            silence_logs=logging.ERROR,
                                             resources={"GPU": 1} if gpu else None, env=env)
         finally:
             self._restore()

@@ -54,26 +54,48 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> N
 
 
 @contextlib.contextmanager
-def prefect_server(tmp: Path):
-    """Yields (api_url, env for clients of this server)."""
-    port = free_port()
+def started(cmd: list[str], health: str, env: dict, cwd: Path, log: Path, timeout: float = 90):
+    """Yields the process running `cmd` once `health` answers 200."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+    try:
+        _wait_http(health, proc, log, timeout)
+        yield proc
+    finally:
+        stop(proc)
+
+
+def prefect_envs(tmp: Path, port: int) -> tuple[str, dict, dict]:
+    """(api_url, env for clients, env for the server) of a server on `port` with its home in `tmp`."""
     home = tmp / "prefect-home"
     home.mkdir(parents=True, exist_ok=True)
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, **QUIET, "PREFECT_HOME": str(home), "PREFECT_API_URL": api,
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     # The UI calls the API at PREFECT_UI_API_URL, 127.0.0.1:4200 unless told this port.
-    server_env = {**{k: v for k, v in env.items() if k != "PREFECT_API_URL"}, "PREFECT_UI_API_URL": api}
-    log = tmp / "prefect-server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=server_env, cwd=tmp,
-                                start_new_session=True)
-    try:
-        _wait_http(f"{api}/health", proc, log, timeout=90)
+    return api, env, {**{k: v for k, v in env.items() if k != "PREFECT_API_URL"}, "PREFECT_UI_API_URL": api}
+
+
+@contextlib.contextmanager
+def prefect_server(tmp: Path):
+    """Yields (api_url, env for clients of this server)."""
+    port = free_port()
+    api, env, server_env = prefect_envs(tmp, port)
+    cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with started(cmd, f"{api}/health", server_env, tmp, tmp / "prefect-server.log"):
         yield api, env
-    finally:
-        stop(proc)
+
+
+def listeners(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every listening TCP socket of process `pid` and of its descendants."""
+    import psutil
+
+    root = psutil.Process(pid)
+    found = set()
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            found |= {(c.laddr.ip, c.laddr.port) for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    return found
 
 
 @contextlib.contextmanager

@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
+from PIL import Image
 
 from labelling import crf as crf_module
 from labelling.crf import crf_argmax, dense_crf
-from labelling.pseudo import make_labels
+from config.params import DEFAULTS
+from labelling.pseudo import label_image, make_labels
 from localization.refinement import refinement_target
 
 CRF = {"iterations": 10, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 20, "bilateral_srgb": 10,
@@ -23,6 +25,26 @@ def test_crf_snaps_a_blurry_boundary_to_the_image_edge():
     before = (probs.argmax(0) != truth).mean()
     after = (dense_crf(image, probs, CRF).argmax(0) != truth).mean()
     assert before > 0.1 and after < before / 2
+
+
+def test_the_stage_labels_stop_background_at_a_textured_object_edge(tmp_path):
+    """label_image, the pseudo_labels stage's unit of work, with the shipped settings but superpixels off
+    (their vote snaps to edges too and would hide a skipped CRF). The maps put the object's boundary
+    7 px right of the image edge; the labels' background must stop at the edge, which only the CRF
+    finds (it claims the band for the object; 255 there, where it overrules the maps)."""
+    h, w, edge = 32, 48, 20
+    rng = np.random.default_rng(0)
+    image = np.where(np.arange(w)[None, :, None] < edge, 60, 190) + rng.integers(-25, 26, (h, w, 3))
+    (tmp_path / "JPEGImages").mkdir()
+    Image.fromarray(image.astype(np.uint8)).save(tmp_path / "JPEGImages" / "a.jpg", quality=95)
+    fg = 1 / (1 + np.exp(-(np.arange(w) - 27) / 3))
+    maps = np.tile(fg * 255, (1, h, 1)).round().astype(np.uint8)
+    shipped = DEFAULTS["pseudo_labels"]
+    cfg = {**shipped, "superpixels": {**shipped["superpixels"], "enabled": False}}
+    labels = label_image((str(tmp_path), "a", [5], maps, cfg, False, 21))[1]
+    first = (labels != 0).argmax(1)
+    assert (first == edge).all(), f"background stops at columns {sorted(set(first.tolist()))}, not at the edge {edge}"
+    assert (labels[:, edge:] != 0).all() and (labels[:, 30:] == 5).all()
 
 
 def _three_class_probs():

@@ -64,6 +64,24 @@ def test_region_representations_are_softmax_over_pixels_weighted_sums():
     torch.testing.assert_close(regions[0, :, 1], pixels[0].flatten(1).mean(1))   # flat logits: the mean
 
 
+def test_the_ocr_logits_follow_the_object_regions_through_the_context():
+    """The region head reaches the classifier only through the object context: zeroed or unused,
+    the context would leave the logits unchanged when the regions change, and its layers unlearned."""
+    torch.manual_seed(0)
+    head = OCRHead(16, 4, channels=8).train()   # batch statistics: a fresh head's eval output is ~0
+    head.fuse[1].p = 0.0                        # dropout off: the same pixels give the same logits
+    x = torch.randn(2, 16, 6, 5)
+    logits = head(x)
+    logits.square().mean().backward()
+    grad = head.context.value[0].weight.grad
+    learned = 0.0 if grad is None else grad.abs().sum().item()
+    assert learned > 0, "no gradient reaches the object context's value transform"
+    with torch.no_grad():
+        head.aux[1].weight.mul_(-4.0)           # other soft object regions, the same pixel features
+        moved = (head(x) - logits).abs().max()
+    assert moved > 0.1 * logits.std(), f"the logits moved by {moved:.2e} when the object regions changed"
+
+
 @pytest.mark.parametrize("head, stride", [("ocr", 16), ("ocr_plus", 8)])
 def test_ocr_segmenter_outputs_aux_in_training_and_plain_logits_at_inference(head, stride):
     torch.manual_seed(0)

@@ -10,6 +10,7 @@ from models.networks import to_config
 from semi import cotraining
 from semi.losses import Parts
 from training import checkpoints
+from training.segmentation import logits_and_aux
 
 CFG = {"backbone": "efficientnet_lite0", "head": "aspp", "pretrained": False, "output_stride": 16,
        "aspp_channels": 8, "aspp_rates": [1, 2], "loss": "cross_entropy", "loss_stride": 1, "low_level_stride": 8}
@@ -86,6 +87,41 @@ def test_the_diversity_loss_teaches_every_member():
     cotraining.diversity(list(model.members), x, logits, eps=4.0).backward()
     for m in model.members:
         assert m.head.classifier.weight.grad.abs().sum() > 0
+
+
+def step(agreement: float, diversity: float):
+    """(loss, members' classifier gradients, model) of one training step on batch() at these weights."""
+    model = members(identical=False).eval()   # eval: no dropout, the same forward at every weight
+    semi = {**SEMI, "cotraining": {**SEMI["cotraining"], "agreement_weight": agreement, "diversity_weight": diversity}}
+    loss = cotraining.batch_loss_fn(CFG, semi, 2, 4, total_steps=1, parts=Parts())[0](model, batch())
+    loss.backward()
+    return loss.detach(), [m.head.classifier.weight.grad.clone() for m in model.members], model
+
+
+def member_logits(model, x):
+    with torch.no_grad():
+        return [logits_and_aux(m, x)[0] for m in model.members]
+
+
+# The loss functions alone are tested above; these fail if the training step stops using them.
+
+def test_the_training_step_adds_the_weighted_agreement_and_learns_from_it():
+    base, base_grads, model = step(0.0, 0.0)
+    loss, grads, _ = step(2.0, 0.0)
+    jsd = cotraining.jensen_shannon(member_logits(model, batch()[0]))
+    assert jsd > 1e-4
+    torch.testing.assert_close(loss - base, 2.0 * jsd, rtol=1e-3, atol=1e-6)
+    assert not all(torch.allclose(a, b) for a, b in zip(grads, base_grads)), "the agreement term has no gradient"
+
+
+def test_the_training_step_adds_the_weighted_diversity_and_learns_from_it():
+    base, base_grads, model = step(0.0, 0.0)
+    loss, grads, _ = step(0.0, 0.5)
+    x = batch()[0]
+    differ = cotraining.diversity(list(model.members), x, member_logits(model, x), SEMI["cotraining"]["adversarial_eps"])
+    assert differ > 1e-4
+    torch.testing.assert_close(loss - base, 0.5 * differ.detach(), rtol=1e-3, atol=1e-6)
+    assert not all(torch.allclose(a, b) for a, b in zip(grads, base_grads)), "the diversity term has no gradient"
 
 
 class Linear(torch.nn.Module):

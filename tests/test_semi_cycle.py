@@ -1,5 +1,6 @@
 """Cycle consistency (semi/cycle.py): shapes, the cycle losses teach both S and G and fall, the
 discriminators train on their own loss and are left alone by the generators' adversarial terms."""
+import pytest
 import torch
 
 from models.segmenter import build_segmenter
@@ -80,6 +81,25 @@ def test_the_discriminators_learn_to_tell_real_from_fake():
         loss.backward()
         opt.step()
     assert loss.item() < 0.7 * first
+
+
+@pytest.mark.parametrize("term", ["cycle_image", "cycle_mask"])
+def test_the_training_step_adds_each_weighted_cycle_loss_and_learns_from_it(term):
+    """The step's loss, not the term alone (tested above): its weight from 0 to 2 adds 2 x the term,
+    and changes the gradients of the segmenter's head and the generator (the two it teaches)."""
+    results = []
+    for weight in (0.0, 2.0):
+        m = model().eval()   # eval: no dropout, the same forward at both weights
+        parts = Parts()
+        semi = {**SEMI, "cyclegan": {**SEMI["cyclegan"], f"{term}_weight": weight}}
+        x, labels, _ = batch()
+        loss = cycle.batch_loss_fn(CFG, semi, n_masked=2, total_steps=1, parts=parts)(m, (x, labels, torch.arange(4)))
+        loss.backward()
+        results.append((loss.detach(), parts.epoch_stats()[term], [p.grad.clone() for p in [*m.segmenter.head.parameters(), *m.generator.parameters()]]))
+    (base, value, base_grads), (loss, _, grads) = results
+    assert value > 1e-3
+    torch.testing.assert_close(loss - base, torch.tensor(2.0 * value), rtol=1e-3, atol=1e-5)
+    assert not all(torch.allclose(a, b) for a, b in zip(grads, base_grads)), f"{term} has no gradient"
 
 
 def test_training_lowers_the_cycle_losses():

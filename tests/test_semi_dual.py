@@ -6,6 +6,8 @@ import torch
 from models.segmenter import build_segmenter
 from semi import dual
 from semi.losses import Parts
+from tasks import train_semi
+from tests.test_semi import workspace
 
 CFG = {"backbone": "efficientnet_lite0", "head": "aspp_plus", "pretrained": False, "output_stride": 16,
        "aspp_channels": 8, "aspp_rates": [1, 2], "loss": "cross_entropy", "loss_stride": 1, "low_level_stride": 8}
@@ -107,3 +109,26 @@ def test_the_strong_branch_is_the_segmenter_that_predicts(branch):
 def test_a_classifier_branch_needs_a_head_that_shows_its_features():
     with pytest.raises(ValueError, match="semi.weak_branch: classifier needs a head"):
         dual.DualBranch(build_segmenter({**CFG, "head": "ocr"}, 3), branch="classifier")
+
+
+def test_the_stage_trains_each_head_on_its_own_labels(tmp_path, voc_fixture, monkeypatch):
+    """The loss the semi stage trains dual_branch with, not batch_loss_fn alone: masked images reach
+    only the strong head, unmasked ones only the weak head (a loss the branches share would teach the
+    head that predicts from the pseudo labels)."""
+    from semi import stage
+
+    monkeypatch.setenv("WSSS_TRACKING", "off")
+    params = workspace(tmp_path, voc_fixture, monkeypatch, ["semi.method=dual_branch"])
+    x, labels, index = batch()
+    reached = {}
+
+    def fit(model, loader, cfg, device, batch_loss, desc, epoch_stats=None):
+        n_masked = loader.dataset.n_masked
+        for name, rows in (("masked", index < n_masked), ("unmasked", index >= n_masked)):
+            model.zero_grad()
+            batch_loss(model, (x[rows], labels[rows], index[rows])).backward()
+            reached[name] = grads(strong_part(model)) > 0, grads(model.weak_head) > 0
+        return [{"epoch": 1, "loss": 1.0, "seconds": 0.0}]
+    monkeypatch.setattr(stage.trainer, "fit", fit)
+    train_semi.main(params)
+    assert reached == {"masked": (True, False), "unmasked": (False, True)}, f"(strong head, weak head) learned: {reached}"
