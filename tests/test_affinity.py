@@ -101,3 +101,13 @@ def test_the_crf_snaps_confident_regions_to_the_image_edge():
     snapped = aff.crf_confident_labels(image, maps, [2], 0.5, 0.1, crf)
     assert (plain[:, 16:22] == 2).all()                   # thresholding keeps the spill
     assert (snapped[:, 17:] != 2).all() and (snapped[:, 6:15] == 2).all()
+
+
+def test_propagation_fills_the_region_a_blob_sits_in_and_stops_at_its_edge():
+    h, w = 12, 16
+    pairs, affinities, side = _two_regions(h, w)
+    maps = np.zeros((1, h, w), np.float32)
+    maps[0, 4:8, 2:5] = 1.0                        # a blob inside the left region only
+    out = aff.propagate(maps, affinities, pairs, (h, w), beta=8.0, steps=200, bg_power=2.0)[0]
+    assert out[:, ~side].min() > 0.1               # the class reaches every corner of its region (0 unwalked)
+    assert out[:, side].max() < 0.01               # and nothing past the edge
