@@ -14,7 +14,7 @@ export DVC_NO_ANALYTICS := 1
 
 # The venv, then a local default DVC remote (.dvc-remote/, set in .dvc/config.local).
 setup: $(VENV)/.installed
-	$(PY) -m commands versions setup-remote
+	$(PY) -m wsss.commands versions setup-remote
 
 $(VENV)/.installed: requirements.lock
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -25,7 +25,7 @@ $(VENV)/.installed: requirements.lock
 # A run that changes the pseudo labels leaves a version (commit + tag + dvc push).
 run: setup
 	dvc repro
-	$(PY) -m commands versions record
+	$(PY) -m wsss.commands versions record
 
 # The browser test (tests/test_ui_browser.py) drives the Prefect UI in Debian's chromium, never a
 # browser downloaded by Playwright; install it when it is missing (apt-get; sudo when not root).
@@ -61,13 +61,13 @@ mlflow-ui: setup
 
 # Pseudo-label versions: make versions | make versions-diff A=v1 B=v2 | make rollback V=v1
 versions: setup
-	$(PY) -m commands versions list
+	$(PY) -m wsss.commands versions list
 
 versions-diff: setup
-	$(PY) -m commands versions diff $(A) $(B)
+	$(PY) -m wsss.commands versions diff $(A) $(B)
 
 rollback: setup
-	$(PY) -m commands versions rollback $(V)
+	$(PY) -m wsss.commands versions rollback $(V)
 
 record-version: setup
-	$(PY) -m commands versions record
+	$(PY) -m wsss.commands versions record

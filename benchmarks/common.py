@@ -12,7 +12,7 @@ RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO))
 
 from tasks.__main__ import expanded, run_stage, stages as pipeline_stages  # noqa: E402
-from config.params import load  # noqa: E402
+from wsss.config.params import load  # noqa: E402
 
 
 def params_for(root: str, overrides: list[str]) -> dict:
@@ -41,8 +41,8 @@ def train_score(checkpoint: Path, manifest: Path, params: dict, exclude=()) -> t
     """(mIoU of the trained network's predictions on the train split against its ground-truth masks,
     seconds): val's inference settings, no CRF. Scoring only. `exclude`: ids left out (a semi run's
     masked images, which it trained on)."""
-    from training import checkpoints
-    from training.runtime import resolve_device
+    from wsss.training import checkpoints
+    from wsss.training.runtime import resolve_device
 
     start = time.perf_counter()
     model, _ = checkpoints.load(checkpoint, resolve_device(params["segmenter"]["device"]))
@@ -55,10 +55,10 @@ def split_score(model, manifest: Path, params: dict, split: str, exclude=()) -> 
     inference settings, no CRF. Scoring only."""
     import torch
 
-    from dataset import voc
-    from scoring.metrics import summary
-    from training.runtime import resolve_device
-    from training.segmentation import evaluate
+    from wsss.dataset import voc
+    from wsss.scoring.metrics import summary
+    from wsss.training.runtime import resolve_device
+    from wsss.training.segmentation import evaluate
 
     cfg = params["segmenter"]
     table, classes, root = voc.read_manifest(manifest)

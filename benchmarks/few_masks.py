@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from common import REPO, RESULTS, copy_run, host, params_for, run_stages, split_score, train_score
-from config.params import SEMI_METHODS, SEMI_NEEDS_MASKS, SEMI_PSEUDO_ONLY
+from wsss.config.params import SEMI_METHODS, SEMI_NEEDS_MASKS, SEMI_PSEUDO_ONLY
 
 SOURCE = Path("benchmarks/work/pipeline/voc_mini")
 METHODS = list(SEMI_METHODS)
@@ -125,7 +125,7 @@ def workdir(scratch: str, row: dict) -> Path:
 def score_unmasked(work: Path, params: dict) -> tuple[float | None, float]:
     """(mIoU of the run's segmenter on the train images it had no mask of, seconds): the settings are
     chosen on these train scores, as for the weak stages (the masked images were trained on)."""
-    from semi.masks import read_ids
+    from wsss.semi.masks import read_ids
     return train_score(work / "artifacts/semi/segmenter.pt", work / "artifacts/manifest.parquet", params,
                        exclude=read_ids(work / "artifacts/semi/masked_ids.txt"))
 
@@ -134,7 +134,7 @@ def score_unmasked(work: Path, params: dict) -> tuple[float | None, float]:
 def watched_rounds():
     """Scoring-only view of a semi.rounds run (the stage runs in this process): keeps each round's
     network and the labels each relabelling wrote, so the earlier rounds can be scored afterwards."""
-    from semi import rounds, stage
+    from wsss.semi import rounds, stage
     seen = {"models": [], "labels": []}
     real_fit, real_relabel = stage.fit_round, rounds.relabel
 
@@ -158,8 +158,8 @@ def labels_mious(label_sets: list, ids: list[str], manifest: Path) -> list[float
     read once for all of them. Scoring only."""
     import numpy as np
 
-    from dataset import voc
-    from scoring.metrics import confusion, summary
+    from wsss.dataset import voc
+    from wsss.scoring.metrics import confusion, summary
     _, classes, root = voc.read_manifest(manifest)
     n = len(classes)
     totals = np.zeros((len(label_sets), n, n), np.int64)
@@ -173,8 +173,8 @@ def labels_mious(label_sets: list, ids: list[str], manifest: Path) -> list[float
 def score_rounds(work: Path, params: dict, seen: dict) -> list[dict]:
     """Per earlier round: its network's val and unmasked-train mIoU, and the labels it wrote for the
     next round against the pipeline's pseudo labels, both on the unmasked train images."""
-    from semi.masks import read_ids
-    from stores import labelstore
+    from wsss.semi.masks import read_ids
+    from wsss.stores import labelstore
     manifest = work / "artifacts/manifest.parquet"
     masked = read_ids(work / "artifacts/semi/masked_ids.txt")
     ids = sorted(seen["labels"][0])   # every relabelling labels the same (unmasked) images
@@ -205,13 +205,13 @@ def rescore(args, out: Path) -> None:
         changed += 1
         print(json.dumps({k: row[k] for k in ("masks", "method", "seed", "val_miou", "train_miou")}))
     if changed:
-        from stores.atomic import write_text
+        from wsss.stores.atomic import write_text
         write_text("".join(json.dumps(r) + "\n" for r in rows), out)
 
 
 def probe(args, masks: int, method: str, seed: int) -> dict:
     """The row a run would write, as far as key() and workdir() read it (settings from params.yaml + --set)."""
-    from config.params import load
+    from wsss.config.params import load
     semi = load(REPO / "params.yaml", [f"semi.masks={masks}", f"semi.method={method}", *args.set])["semi"]
     return {"masks": masks, "method": method, "seed": seed, "epochs": args.epochs or None, "limit": args.limit,
             "overrides": args.set, "source_id": args.source_id,
@@ -307,7 +307,7 @@ def plot(rows: list[dict], path: Path) -> Path:
 def log_to_mlflow(png: Path, jsonl: Path) -> None:
     """The plot and the raw rows in one MLflow run of the project experiment, tagged semi-supervised."""
     sys.path.insert(0, str(REPO))
-    from tracking import runs
+    from wsss.tracking import runs
     try:
         client = runs.client()
         run = client.create_run(runs.experiment_id(client), run_name="few_masks benchmark",

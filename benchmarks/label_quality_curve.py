@@ -29,9 +29,9 @@ from scipy import ndimage
 
 from common import REPO, RESULTS, host, params_for, run_stages
 
-from dataset import voc
-from scoring.metrics import IGNORE, confusion, mean_iou
-from stores import labelstore
+from wsss.dataset import voc
+from wsss.scoring.metrics import IGNORE, confusion, mean_iou
+from wsss.stores import labelstore
 
 # VOC class pairs a classifier's maps confuse (the val confusion matrices of the weak segmenter)
 CONFUSABLE = [("cat", "dog"), ("cow", "sheep"), ("horse", "cow"), ("bus", "car"), ("chair", "sofa"),

@@ -1,5 +1,5 @@
 """How right the random-walk refiner's pair labels are: for each (fg_threshold, bg_threshold), the
-confident labels of the raw maps (localization/affinity.py, confident_labels) against the train
+confident labels of the raw maps (wsss/localization/affinity.py, confident_labels) against the train
 masks: the share of pixels labelled, the precision of the foreground and background labels, and
 the share of labelled pairs at offset (0, 1) whose same/different call is right.
 
@@ -21,9 +21,9 @@ import numpy as np
 
 from common import RESULTS, REPO, host, params_for
 
-from dataset import voc
-from localization.affinity import IGNORE, confident_labels, crf_confident_labels
-from stores import mapstore
+from wsss.dataset import voc
+from wsss.localization.affinity import IGNORE, confident_labels, crf_confident_labels
+from wsss.stores import mapstore
 
 
 def score(run: Path, fgs: list[float], bgs: list[float], crf: dict | None, limit: int) -> list[dict]:

@@ -32,12 +32,12 @@ from PIL import Image
 
 from common import REPO, RESULTS, host, write_lines  # noqa: F401  (common puts the repo on sys.path)
 
-from config.params import load  # noqa: E402
-from dataset import images as image_ops  # noqa: E402
-from dataset import voc  # noqa: E402
-from retrieval import descriptors as D  # noqa: E402
-from retrieval import neighbours  # noqa: E402
-from retrieval.index import load_network  # noqa: E402
+from wsss.config.params import load  # noqa: E402
+from wsss.dataset import images as image_ops  # noqa: E402
+from wsss.dataset import voc  # noqa: E402
+from wsss.retrieval import descriptors as D  # noqa: E402
+from wsss.retrieval import neighbours  # noqa: E402
+from wsss.retrieval.index import load_network  # noqa: E402
 
 DEFAULT_CKPT = "benchmarks/work/pipeline/voc_mini/artifacts/classifier.pt"
 WHITEN_DIMS = (0, 32, 64, 128, 256)

@@ -3,7 +3,7 @@
     nice -n 19 python benchmarks/scaling.py --sizes 1000 3000 10000 --image-size 96 [--budget-s 1500]
 
 Generates a synthetic dataset of max(N) train images (+ --val images) in the VOC layout under
---scratch (never in the repository): the demo's scenes (dataset/demo.py, render_scene), each image
+--scratch (never in the repository): the demo's scenes (wsss/dataset/demo.py, render_scene), each image
 from its own seed, so any N is the first N of the largest set (train_N.txt lists them). A classifier
 checkpoint with ImageNet Lite0 weights and a random (seeded) CAM head is written, not trained: these
 stages' time does not depend on the weights. Then, for each N, in a fresh folder, the stages
@@ -45,8 +45,8 @@ import psutil
 from PIL import Image
 
 from common import REPO, RESULTS, host, write_lines  # noqa: F401  (common puts REPO on sys.path)
-from dataset.demo import CLASSES, render_scene
-from dataset.images import palette_png
+from wsss.dataset.demo import CLASSES, render_scene
+from wsss.dataset.images import palette_png
 
 STAGES = ["manifest", "export_maps", "pseudo_labels"]
 METRICS = {"manifest": None, "export_maps": "maps", "pseudo_labels": "pseudo_labels"}
@@ -91,10 +91,10 @@ def write_checkpoint(path: Path, overrides: list[str]) -> str:
     """The classifier as train_classifier would save it, untrained head (seeded): what the stage reads."""
     import torch
 
-    from config.params import load
+    from wsss.config.params import load
     from models.classifier import build_localizer
     from models.networks import to_config
-    from training import checkpoints
+    from wsss.training import checkpoints
 
     cfg = load(REPO / "params.yaml", overrides)["classifier"]
     torch.manual_seed(cfg["seed"])

@@ -19,11 +19,11 @@ import torch
 from common import REPO, RESULTS, host, params_for   # noqa: F401  (common puts the repository on sys.path)
 from models.backbones import freeze_prefix
 from models.segmenter import build_segmenter
-from semi import cotraining, cutmix, cycle
-from semi.losses import Parts, supervised_batch_loss
-from training.runtime import autocast, place, resolve_device, resolve_precision
-from training.segmentation import segmentation_loss
-from training.trainer import make_optimizer, set_train_mode
+from wsss.semi import cotraining, cutmix, cycle
+from wsss.semi.losses import Parts, supervised_batch_loss
+from wsss.training.runtime import autocast, place, resolve_device, resolve_precision
+from wsss.training.segmentation import segmentation_loss
+from wsss.training.trainer import make_optimizer, set_train_mode
 
 
 def build(method: str, params: dict, n_classes: int, parts: Parts):

@@ -38,8 +38,8 @@ from PIL import Image
 
 from common import RESULTS, host, params_for, write_lines
 
-from config import paths
-from dataset import voc
+from wsss.config import paths
+from wsss.dataset import voc
 
 # torch and the stages are imported in the functions: the shipped stage's process pool (spawn)
 # re-imports this module in every worker, and a stage run as `python -m tasks` has none of them
@@ -53,7 +53,7 @@ def prepare(root: str, n: int, params: dict) -> list[dict]:
     import torch
     from models.networks import from_config, to_config
     from tasks.__main__ import run_stage
-    from training import checkpoints
+    from wsss.training import checkpoints
     run_stage("manifest", params)
     table, classes, _ = voc.read_manifest(paths.MANIFEST)
     train = pc.equal(table["split"], params["data"]["train_split"])
@@ -75,7 +75,7 @@ def prepare(root: str, n: int, params: dict) -> list[dict]:
 
 def _naive_model(path: Path):
     import torch
-    from training import checkpoints
+    from wsss.training import checkpoints
     torch.set_grad_enabled(False)   # inference only, in this process
     model, config = checkpoints.load(path, torch.device(CPU))
     return model.to(memory_format=torch.contiguous_format), config
@@ -83,7 +83,7 @@ def _naive_model(path: Path):
 
 def naive_maps(rows, root, cfg, out: Path) -> None:
     import torch
-    from dataset import images as image_ops
+    from wsss.dataset import images as image_ops
     model, _ = _naive_model(paths.CLASSIFIER)
     out.mkdir(parents=True, exist_ok=True)
     for row in rows:
@@ -102,8 +102,8 @@ def naive_maps(rows, root, cfg, out: Path) -> None:
 
 
 def naive_labels(params, root, out: Path) -> None:
-    from labelling.pseudo import label_image
-    from stores import mapstore
+    from wsss.labelling.pseudo import label_image
+    from wsss.stores import mapstore
     cfg = params["pseudo_labels"]
     manifest, classes, _ = voc.read_manifest(paths.MANIFEST)
     has_mask = {r["id"]: r["has_mask"] for r in voc.split_rows(manifest, params["data"]["train_split"])}
@@ -115,7 +115,7 @@ def naive_labels(params, root, out: Path) -> None:
 
 def naive_predict(files: list[Path], out: Path) -> None:
     import torch
-    from dataset import images as image_ops
+    from wsss.dataset import images as image_ops
     model, config = _naive_model(paths.SEGMENTER)
     cfg = config["network"]
     out.mkdir(parents=True, exist_ok=True)
@@ -138,9 +138,9 @@ def bare_forward(rows, root, cfg) -> float:
     """Seconds of the classifier's forward passes alone (as map export runs it: channels-last,
     its precision, flips batched), inputs prepared beforehand."""
     import torch
-    from dataset import images as image_ops
-    from training import checkpoints
-    from training.runtime import autocast, place
+    from wsss.dataset import images as image_ops
+    from wsss.training import checkpoints
+    from wsss.training.runtime import autocast, place
     torch.set_grad_enabled(False)
     CPU = torch.device("cpu")
     model, _ = checkpoints.load(paths.CLASSIFIER, CPU)
@@ -180,11 +180,11 @@ def main() -> None:
     os.environ["WSSS_TRACKING"] = "off"
     import torch
 
-    from commands.predict import predict_folder
-    from labelling.batch import label_all
-    from localization.cams import export
-    from scaleout.engine import default_workers, local_cluster
-    from training.checkpoints import CheckpointRef
+    from wsss.commands.predict import predict_folder
+    from wsss.labelling.batch import label_all
+    from wsss.localization.cams import export
+    from wsss.scaleout.engine import default_workers, local_cluster
+    from wsss.training.checkpoints import CheckpointRef
 
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)

@@ -22,11 +22,11 @@ import torch
 
 from common import REPO, RESULTS, host
 
-from dataset import images, voc
-from localization.affinity import offsets, pair_affinities, propagate
-from scoring.sweep import ThresholdSweep, thresholds
-from stores import mapstore
-from training import checkpoints
+from wsss.dataset import images, voc
+from wsss.localization.affinity import offsets, pair_affinities, propagate
+from wsss.scoring.sweep import ThresholdSweep, thresholds
+from wsss.stores import mapstore
+from wsss.training import checkpoints
 
 DEFAULTS = {"beta": [8.0], "steps": [256], "bg_power": [2.0], "radius": [5]}
 

@@ -1,6 +1,6 @@
 """`python -m flows serve|run|versions ...`: the orchestration commands in one place.
 
-`versions ...` forwards to `python -m commands versions ...` (commands/cli.py), the one command line
+`versions ...` forwards to `python -m wsss.commands versions ...` (wsss/commands/cli.py), the one command line
 of the user commands; it stays here so old scripts keep working.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ def main(argv: list[str]) -> int:
         from flows.serve import main as serve_main
         return serve_main(rest)
     if cmd == "versions":
-        from commands.cli import main as commands_main
+        from wsss.commands.cli import main as commands_main
         return commands_main(["versions", *rest])
     if cmd == "run":
         import json

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from tracking import lineage
-from config.params import ParamsError, set_dotted, validate
+from wsss.tracking import lineage
+from wsss.config.params import ParamsError, set_dotted, validate
 
 # Named flow parameters (the UI form) and the params.yaml key each one sets.
 NAMED_PARAMS = {

@@ -7,8 +7,8 @@ stage's output streams into the Prefect log. Stages that may use the GPU carry t
 which `python -m flows serve` limits to one concurrent task run.
 
 The flow opens an MLflow parent run and passes its id to the stage processes; each stage run
-becomes a child run (tracking/runs.py). When the run changed the pseudo labels, it leaves a
-version: a git commit + tag of dvc.lock/params.yaml/metrics and a `dvc push` (commands/versions.py).
+becomes a child run (wsss/tracking/runs.py). When the run changed the pseudo labels, it leaves a
+version: a git commit + tag of dvc.lock/params.yaml/metrics and a `dvc push` (wsss/commands/versions.py).
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
 from flows import dvc_commands
-from commands import versions
-from commands.gitdvc import tool_env
+from wsss.commands import versions
+from wsss.commands.gitdvc import tool_env
 from flows.stream import run_logged
-from tracking import lineage
-from tracking import runs as tracking
+from wsss.tracking import lineage
+from wsss.tracking import runs as tracking
 
 GPU_TAG = "gpu"
 REPO_ROOT = Path(__file__).resolve().parent.parent  # where dvc.yaml is read to define the flows

@@ -1,7 +1,7 @@
 """AffinityNet's feature network (Ahn & Kwak, CVPR 2018) on a Lite0/ResNet backbone: features of
 three levels (strides 4, 8 and the output's), each reduced by a 1x1 conv, resized onto one grid
 and mixed into `feature_dim` channels. Pixel-pair affinity is exp(-mean |f_p - f_q|)
-(localization/affinity.py); the network knows no classes."""
+(wsss/localization/affinity.py); the network knows no classes."""
 from __future__ import annotations
 
 import torch

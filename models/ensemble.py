@@ -1,6 +1,6 @@
 """K segmenters of one architecture that predict together: the mean of their softmax outputs.
 
-The co-training mode of train_semi (semi/cotraining.py) trains one; its checkpoint has kind
+The co-training mode of train_semi (wsss/semi/cotraining.py) trains one; its checkpoint has kind
 `segmenter_ensemble` (models/networks.py), so `commands predict`, val scoring and the Dask engine
 load it like any segmenter.
 """

@@ -113,10 +113,10 @@ class GroupClassifier(CAMClassifier):
 
     forward(images, group_size, context):
     - group_size k: consecutive runs of k images of the batch are groups (the group sampler's
-      batches: dataset/groups.py); 1 (the default, so every caller of a plain classifier works):
+      batches: wsss/dataset/groups.py); 1 (the default, so every caller of a plain classifier works):
       each image is a group of one and passes messages with itself;
     - context: feature maps of other images (`features`, 1 x C x h x w each, any size) that join the
-      group of every image of the batch (map export's nearest neighbours: localization/group.py);
+      group of every image of the batch (map export's nearest neighbours: wsss/localization/group.py);
       only the batch's own outputs are returned.
     """
 

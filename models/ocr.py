@@ -2,7 +2,7 @@
 
 A pixel's class is read from its own features plus a summary of the *object regions* of the image:
 1. soft object regions: an auxiliary head predicts class logits M (K x h x w) from the backbone
-   features; it is trained with the same labels (`aux_weight` x loss, training/segmentation.py);
+   features; it is trained with the same labels (`aux_weight` x loss, wsss/training/segmentation.py);
 2. region representations: per class k, the pixel representations weighted by softmax_pixels(M_k),
    i.e. one feature vector per class region of *this* image (K x C);
 3. pixel-region relation: for every pixel, softmax over the K regions of the scaled dot product of
@@ -68,7 +68,7 @@ class OCRHead(nn.Module):
     region logits, which the training loss supervises (Segmenter.logits_and_aux)."""
 
     # A warm start from the refiner (ASPP head) can fill none of this head: it takes the backbone only
-    # (training/segmentation.py, warm_start keeps these fresh).
+    # (wsss/training/segmentation.py, warm_start keeps these fresh).
     decoder = ("pixels", "aux", "context", "fuse", "classifier")
 
     def __init__(self, in_channels: int, n_classes: int, channels: int = 128, rates=(), key_channels: int = 0):

@@ -32,7 +32,7 @@ class ASPPHead(nn.Module):
         return self.project(torch.cat([b(x) for b in self.branches] + [pooled], 1))
 
     def pixel_features(self, x: torch.Tensor) -> torch.Tensor:
-        """What the classifier reads (a second classifier can share them: semi/dual.py)."""
+        """What the classifier reads (a second classifier can share them: wsss/semi/dual.py)."""
         return self.context(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,12 +93,12 @@ class Segmenter(nn.Module):
     def logits_and_aux(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(class logits at the head's own stride, the head's auxiliary logits or None), for images
         in 0..255. Heads with an auxiliary output (ocr: its soft object regions) have
-        `forward_with_aux`; the training loss supervises both (training/segmentation.py)."""
+        `forward_with_aux`; the training loss supervises both (wsss/training/segmentation.py)."""
         return self.head_outputs(self.head, self.head_inputs(images))
 
     def head_inputs(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """What a head takes, for images in 0..255: the backbone's features (and, for a head with a
-        decoder, the low-level ones). Split out so a second head (semi/dual.py) shares the pass."""
+        decoder, the low-level ones). Split out so a second head (wsss/semi/dual.py) shares the pass."""
         x = (images / 255.0 - self.mean) / self.std
         if self.low_level_stride:
             low, high = self.backbone.forward_levels(x, self.low_level_stride)

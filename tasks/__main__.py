@@ -5,7 +5,7 @@ The stages are dvc.yaml's, in its order; stage NAME is the module tasks/NAME.py.
 `foreach` stage runs one item at a time, named as DVC names it: `python -m tasks label_round@r1`
 calls tasks/label_round.py's `main(params, "r1")`.
 
-Training stages (main decorated with training.distributed.stage) also run under torchrun, one
+Training stages (main decorated with wsss.training.distributed.stage) also run under torchrun, one
 process per GPU: `torchrun --nproc_per_node N -m tasks STAGE`, or `distributed.nproc_per_node: N`
 in params.yaml, which makes this command re-launch itself that way (so DVC and Prefect need no
 change). Rank 0 alone tracks the run and writes the outputs.
@@ -19,10 +19,10 @@ import json
 import sys
 from pathlib import Path
 
-from config.errors import StageError
-from config.params import ParamsError, load
-from tracking import lineage
-from tracking import runs as tracking
+from wsss.config.errors import StageError
+from wsss.config.params import ParamsError, load
+from wsss.tracking import lineage
+from wsss.tracking import runs as tracking
 
 DVC_YAML = Path(__file__).resolve().parent.parent / "dvc.yaml"
 

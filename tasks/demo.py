@@ -1,8 +1,8 @@
-"""Stage 0a: the embedded demo dataset (dataset/demo.py), generated from a seed; nothing is downloaded."""
+"""Stage 0a: the embedded demo dataset (wsss/dataset/demo.py), generated from a seed; nothing is downloaded."""
 from __future__ import annotations
 
-from config.paths import DEMO_ROOT
-from dataset.demo import generate
+from wsss.config.paths import DEMO_ROOT
+from wsss.dataset.demo import generate
 
 
 def main(params: dict) -> dict:

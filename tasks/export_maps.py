@@ -3,9 +3,9 @@ multi-scale (+ flip), packed in Parquet shards and scored against masks where th
 maps.method prm: peak response maps instead, and instance masks in artifacts/maps/instances.parquet."""
 from __future__ import annotations
 
-from config import paths
-from localization.cams import export
-from training.checkpoints import CheckpointRef
+from wsss.config import paths
+from wsss.localization.cams import export
+from wsss.training.checkpoints import CheckpointRef
 
 
 def main(params: dict) -> dict:

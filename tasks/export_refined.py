@@ -2,11 +2,11 @@
 An affinity refiner (refiner.method random_walk) refines by walking the raw maps over its affinities."""
 from __future__ import annotations
 
-from config import paths
-from localization.cams import export
-from localization.propagation import WalkExport
-from stores import shards
-from training.checkpoints import CheckpointRef
+from wsss.config import paths
+from wsss.localization.cams import export
+from wsss.localization.propagation import WalkExport
+from wsss.stores import shards
+from wsss.training.checkpoints import CheckpointRef
 
 
 def main(params: dict) -> dict:

@@ -5,7 +5,7 @@ per key of params.yaml's `rounds` (`python -m tasks label_round@r1`, dvc.yaml's 
   a segmenter trained on them (the train_segmenter code), scored on val at one scale
                                                            -> artifacts/rounds/<key>/segmenter.pt
   its tag-restricted predictions on the training images, expanded by mined class prototypes
-  (training/relabel.py)                                    -> artifacts/rounds/<key>/maps
+  (wsss/training/relabel.py)                                    -> artifacts/rounds/<key>/maps
 Each output has its own metrics under metrics/rounds/<key>/; the next round, or the pseudo_labels
 stage after the last one, labels these maps.
 """
@@ -16,16 +16,16 @@ import time
 
 import numpy as np
 
-from config import paths
-from dataset import voc
-from labelling.batch import label_all
-from scoring.metrics import summary
-from stores import labelstore, mapstore
-from training import checkpoints, distributed
-from training.relabel import round_maps
-from training.runtime import resolve_device, resolve_precision
-from training.segmentation import train_and_score
-from tracking.outputs import write_stage_outputs
+from wsss.config import paths
+from wsss.dataset import voc
+from wsss.labelling.batch import label_all
+from wsss.scoring.metrics import summary
+from wsss.stores import labelstore, mapstore
+from wsss.training import checkpoints, distributed
+from wsss.training.relabel import round_maps
+from wsss.training.runtime import resolve_device, resolve_precision
+from wsss.training.segmentation import train_and_score
+from wsss.tracking.outputs import write_stage_outputs
 
 
 @distributed.stage   # also under torchrun: every rank trains, rank 0 does the rest

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from dataset import voc
-from config import paths
-from stores.atomic import write_parquet
-from tracking.outputs import write_stage_outputs
+from wsss.dataset import voc
+from wsss.config import paths
+from wsss.stores.atomic import write_parquet
+from wsss.tracking.outputs import write_stage_outputs
 
 
 def main(params: dict) -> dict:

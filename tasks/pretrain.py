@@ -1,17 +1,17 @@
 """Stage 0b (optional): self-supervised pretraining of the backbone on all the dataset's images
-(every split's images; no tags, no masks) with SimCLR (pretraining/simclr.py), for data far from
+(every split's images; no tags, no masks) with SimCLR (wsss/pretraining/simclr.py), for data far from
 ImageNet. `classifier.init: pretrain` starts the classifier from artifacts/pretrain/backbone.pt.
 
 Off by default (pretrain.enabled: false): the stage then writes a note and trains nothing.
 """
 from __future__ import annotations
 
-from config import paths
-from dataset import voc
-from pretraining import simclr
-from stores.atomic import atomic_path
-from tracking.outputs import write_stage_outputs
-from training import trainer
+from wsss.config import paths
+from wsss.dataset import voc
+from wsss.pretraining import simclr
+from wsss.stores.atomic import atomic_path
+from wsss.tracking.outputs import write_stage_outputs
+from wsss.training import trainer
 
 NOTE = "pretrain disabled (pretrain.enabled: false): nothing trained\n"
 

@@ -1,6 +1,6 @@
 """Stage 4: pseudo segmentation labels from the maps, a background cue and a dense CRF
-(labelling/pseudo.py), over all training images on all cores, stored packed and scored
-(labelling/batch.py).
+(wsss/labelling/pseudo.py), over all training images on all cores, stored packed and scored
+(wsss/labelling/batch.py).
 
 `pseudo_labels.maps` picks the maps: the refined maps (the paper's path, the default), the raw
 CAMs, or, with label rounds, the last round's segmenter maps: these labels are then the last
@@ -8,8 +8,8 @@ round's, the ones the segmenter of train_segmenter learns from.
 """
 from __future__ import annotations
 
-from config import paths
-from labelling.batch import label_all
+from wsss.config import paths
+from wsss.labelling.batch import label_all
 
 
 def main(params: dict) -> dict:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from config import paths
-from stores.atomic import write_text
-from tracking.outputs import write_stage_outputs
+from wsss.config import paths
+from wsss.stores.atomic import write_text
+from wsss.tracking.outputs import write_stage_outputs
 
 ROWS = [  # (metrics file, label, mIoU key, seconds keys)
     ("pretrain", "self-supervised backbone pretraining", None, ("train_seconds",)),

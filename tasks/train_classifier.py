@@ -1,6 +1,6 @@
 """Stage 1: train the multi-label classifier (with DRS) on image-level tags only.
 
-The core lives in localization/classification.py (targets, loss, fit, average precision); this
+The core lives in wsss/localization/classification.py (targets, loss, fit, average precision); this
 module reads the manifest and writes the checkpoint, metrics and training curve.
 """
 from __future__ import annotations
@@ -9,16 +9,16 @@ import time
 
 import numpy as np
 
-from config import paths
-from dataset import voc
-from dataset.crops import TrainingCrops
-from localization import group
-from localization.classification import (TagTarget, average_precision, build_classifier, fit, multi_hot,
+from wsss.config import paths
+from wsss.dataset import voc
+from wsss.dataset.crops import TrainingCrops
+from wsss.localization import group
+from wsss.localization.classification import (TagTarget, average_precision, build_classifier, fit, multi_hot,
                                          predict_scores)
 from models.networks import to_config
-from tracking.outputs import write_stage_outputs
-from training import checkpoints, distributed, trainer
-from training.runtime import resolve_device, seed_everything, training_loader
+from wsss.tracking.outputs import write_stage_outputs
+from wsss.training import checkpoints, distributed, trainer
+from wsss.training.runtime import resolve_device, seed_everything, training_loader
 
 
 @distributed.stage   # also under torchrun: every rank trains, rank 0 does the rest

@@ -5,12 +5,12 @@ masks set reference.enabled: false; the stage then records that and trains nothi
 """
 from __future__ import annotations
 
-from dataset import voc
-from config import paths
-from stores.atomic import atomic_path
-from tracking.outputs import write_stage_outputs
-from training import distributed
-from training.segmentation import train_and_score
+from wsss.dataset import voc
+from wsss.config import paths
+from wsss.stores.atomic import atomic_path
+from wsss.tracking.outputs import write_stage_outputs
+from wsss.training import distributed
+from wsss.training.segmentation import train_and_score
 
 
 @distributed.stage   # also under torchrun: every rank trains, rank 0 does the rest

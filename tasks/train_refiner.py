@@ -1,10 +1,10 @@
 """Stage 3: localization-map refinement learning (DRS paper, section 3.3; core in
-localization/refinement.py). `refiner.head` picks the network: `aspp` (the segmenter's DeepLab
+wsss/localization/refinement.py). `refiner.head` picks the network: `aspp` (the segmenter's DeepLab
 head: dilated context per pixel) or `cam` (a 1x1 conv on the backbone's features, like the
 classifier). On voc2012-mini the 1x1 version only learned to predict near-zero maps (refined 31.27
 vs raw 38.24 mIoU); the ASPP head learns the shapes (43.22).
 `refiner.method: random_walk` trains AffinityNet's pixel-affinity network instead (core in
-localization/affinity.py): no map regression, pair labels from the maps' confident regions; the
+wsss/localization/affinity.py): no map regression, pair labels from the maps' confident regions; the
 refined-map export then walks the maps over its affinities. Saves artifacts/refiner.pt either way.
 """
 from __future__ import annotations
@@ -14,19 +14,19 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from config import paths
-from dataset import voc
-from dataset.crops import TrainingCrops
-from localization import affinity
-from localization.refinement import MapTarget, refinement_loss
+from wsss.config import paths
+from wsss.dataset import voc
+from wsss.dataset.crops import TrainingCrops
+from wsss.localization import affinity
+from wsss.localization.refinement import MapTarget, refinement_loss
 from models.affinity import build_affinity
 from models.classifier import build_localizer
 from models.networks import to_config
-from stores import mapstore
-from stores.labelstore import PackedLabels
-from tracking.outputs import write_stage_outputs
-from training import checkpoints, distributed, trainer
-from training.runtime import resolve_device, seed_everything, training_loader
+from wsss.stores import mapstore
+from wsss.stores.labelstore import PackedLabels
+from wsss.tracking.outputs import write_stage_outputs
+from wsss.training import checkpoints, distributed, trainer
+from wsss.training.runtime import resolve_device, seed_everything, training_loader
 
 
 def confident_crf_labels(root, stored, aff: dict, crf_cfg: dict) -> PackedLabels:

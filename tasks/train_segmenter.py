@@ -1,12 +1,12 @@
 """Stage 5: the DeepLab-style segmenter trained on the pseudo labels (255 ignored), scored on val
-(training.segmentation.train_and_score, which the ground-truth reference stage calls too)."""
+(wsss.training.segmentation.train_and_score, which the ground-truth reference stage calls too)."""
 from __future__ import annotations
 
-from config import paths
-from dataset import voc
-from stores import labelstore
-from training import distributed
-from training.segmentation import train_and_score
+from wsss.config import paths
+from wsss.dataset import voc
+from wsss.stores import labelstore
+from wsss.training import distributed
+from wsss.training.segmentation import train_and_score
 
 
 @distributed.stage   # also under torchrun: every rank trains, rank 0 does the rest

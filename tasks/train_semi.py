@@ -6,7 +6,7 @@ on val; metrics/semi.json says how many masks it used and its MLflow run is tagg
 """
 from __future__ import annotations
 
-from semi import stage
+from wsss.semi import stage
 
 
 def main(params: dict) -> dict:

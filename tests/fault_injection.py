@@ -36,13 +36,13 @@ class Fault:
 
 
 CRF_TESTS = ("tests/test_labels_and_crf.py", "tests/test_superpixels.py", "tests/test_rounds.py")
-COTRAINING = "semi/cotraining.py"
-CYCLE = "semi/cycle.py"
+COTRAINING = "wsss/semi/cotraining.py"
+CYCLE = "wsss/semi/cycle.py"
 
 FAULTS = [
-    Fault("dense CRF skipped in pseudo labels", "labelling/pseudo.py",
+    Fault("dense CRF skipped in pseudo labels", "wsss/labelling/pseudo.py",
           'refined = dense_crf(image, probs, cfg["crf"]).argmax(0)', "refined = probs.argmax(0)", CRF_TESTS),
-    Fault("superpixel vote skipped in pseudo labels", "labelling/pseudo.py",
+    Fault("superpixel vote skipped in pseudo labels", "wsss/labelling/pseudo.py",
           "labels = superpixels.vote(labels, superpixels.regions(image, sp), sp)",
           "superpixels.regions(image, sp)", CRF_TESTS),
     Fault("co-training agreement term dropped from the loss", COTRAINING,
@@ -56,14 +56,14 @@ FAULTS = [
           '+ w["cycle_image_weight"] * terms["cycle_image"]', "", ("tests/test_semi_cycle.py",)),
     Fault("CycleGAN mask cycle dropped from the loss", CYCLE,
           '+ w["cycle_mask_weight"] * terms["cycle_mask"])', ")", ("tests/test_semi_cycle.py",)),
-    Fault("dual-branch heads trained by one shared loss", "semi/stage.py",
+    Fault("dual-branch heads trained by one shared loss", "wsss/semi/stage.py",
           'batch_loss = dual.batch_loss_fn(cfg, n_masked, semi["pseudo_weight"], parts)',
           'shared = supervised_batch_loss(cfg, n_masked, semi["pseudo_weight"], parts)\n'
           "        batch_loss = lambda m, b: shared(m.segmenter, b)",
           ("tests/test_semi_dual.py", "tests/test_semi.py", "-k", "dual")),
-    Fault("Dask dashboard listening on every interface", "scaleout/engine.py",
+    Fault("Dask dashboard listening on every interface", "wsss/scaleout/engine.py",
           'dashboard_address=f"{LOOPBACK}:0"', 'dashboard_address=":0"', ("tests/test_listeners.py", "-k", "dask")),
-    Fault("random walk skipped in propagation", "localization/affinity.py",
+    Fault("random walk skipped in propagation", "wsss/localization/affinity.py",
           "walked = random_walk(transition_matrix(affinities, pairs, (h, w), beta), scores, steps)",
           "walked = scores", ("tests/test_affinity.py",)),
 ]

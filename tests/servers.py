@@ -143,7 +143,7 @@ def git_env() -> dict:
 
 def small_repo(dest: Path) -> Path:
     """A committed copy of the repository with the tiny SMALL params and a local DVC remote."""
-    from commands import gitdvc
+    from wsss.commands import gitdvc
     from tests.test_pipeline_dvc import SMALL, copy_repo, shrink
 
     repo = copy_repo(dest)

@@ -1,9 +1,9 @@
-"""Random-walk refinement (localization/affinity.py, models/affinity.py): pair labels, the walk's
+"""Random-walk refinement (wsss/localization/affinity.py, models/affinity.py): pair labels, the walk's
 transitions, and what the walk may and may not carry."""
 import numpy as np
 import torch
 
-from localization import affinity as aff
+from wsss.localization import affinity as aff
 from models.affinity import AffinityNet
 
 

@@ -1,8 +1,8 @@
 """The shared training augmentation: image and dense targets stay aligned; loader workers differ."""
 import numpy as np
 
-from dataset import images
-from training.runtime import training_loader
+from wsss.dataset import images
+from wsss.training.runtime import training_loader
 from tests.toys import Noise
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stores import instancestore, labelstore
+from wsss.stores import instancestore, labelstore
 from tests.test_commands import checkpoint, leftovers, params, predict, run  # noqa: F401
 
 

@@ -1,5 +1,5 @@
-"""`python -m commands`: one typer app; output folders are never replaced over files the command did
-not write (commands/outputs.py), and user errors exit 2 with one `error: ...` line."""
+"""`python -m wsss.commands`: one typer app; output folders are never replaced over files the command did
+not write (wsss/commands/outputs.py), and user errors exit 2 with one `error: ...` line."""
 import json
 import subprocess
 import sys
@@ -11,14 +11,14 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from commands import outputs
-from commands.cli import app
-from commands.label_pngs import export
-from commands.predict import ImageError, predict_folder
+from wsss.commands import outputs
+from wsss.commands.cli import app
+from wsss.commands.label_pngs import export
+from wsss.commands.predict import ImageError, predict_folder
 from models.networks import to_config
 from models.segmenter import build_segmenter
-from stores import labelstore
-from training import checkpoints
+from wsss.stores import labelstore
+from wsss.training import checkpoints
 
 from tests.conftest import REPO
 from tests.test_segmentation import CFG
@@ -82,7 +82,7 @@ def predict(checkpoint, params):
 
 
 def test_help_lists_every_command():
-    top = subprocess.run([sys.executable, "-m", "commands", "--help"], capture_output=True, text=True, cwd=REPO)
+    top = subprocess.run([sys.executable, "-m", "wsss.commands", "--help"], capture_output=True, text=True, cwd=REPO)
     assert top.returncode == 0, top.stderr
     for name in ("predict", "label-pngs", "versions"):
         assert name in top.stdout

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from localization.context_paste import ContextPaste, cut_objects, paste_objects
+from wsss.localization.context_paste import ContextPaste, cut_objects, paste_objects
 
 
 def _scene():

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from tasks import manifest
-from dataset import voc
-from config.params import load
+from wsss.dataset import voc
+from wsss.config.params import load
 from tests.conftest import REPO, voc_mini_root
 
 

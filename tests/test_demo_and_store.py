@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from dataset import demo
-from dataset import voc
-from stores import mapstore
-from stores.atomic import atomic_path, write_json
-from scoring.sweep import ThresholdSweep, maps_to_labels
+from wsss.dataset import demo
+from wsss.dataset import voc
+from wsss.stores import mapstore
+from wsss.stores.atomic import atomic_path, write_json
+from wsss.scoring.sweep import ThresholdSweep, maps_to_labels
 
 
 def test_demo_is_deterministic_and_multilabel(tmp_path):
@@ -96,7 +96,7 @@ def test_threshold_sweep_finds_the_separating_threshold():
 
 @pytest.mark.parametrize("classes", [[], [3], [1, 4, 2]])
 def test_threshold_sweep_counts_match_scoring_each_threshold(classes):
-    from scoring.metrics import confusion
+    from wsss.scoring.metrics import confusion
 
     rng = np.random.default_rng(len(classes))
     # uint8-quantised maps, as stored: many exact ties with the thresholds and between classes

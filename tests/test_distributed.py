@@ -1,4 +1,4 @@
-"""Data-parallel training (training/distributed.py) on the CPU: gloo, 2 processes spawned with
+"""Data-parallel training (wsss/training/distributed.py) on the CPU: gloo, 2 processes spawned with
 torchrun's environment on 127.0.0.1, against 1 process with the same sampler and global batch."""
 import json
 import os
@@ -10,12 +10,12 @@ import torch
 import torch.multiprocessing as mp
 from torch.utils.data import Dataset
 
-from training import distributed, runtime
-from training.checkpoints import save
-from training.runtime import training_loader
-from training.trainer import fit
-from stores.atomic import write_text
-from tracking.outputs import write_stage_outputs
+from wsss.training import distributed, runtime
+from wsss.training.checkpoints import save
+from wsss.training.runtime import training_loader
+from wsss.training.trainer import fit
+from wsss.stores.atomic import write_text
+from wsss.tracking.outputs import write_stage_outputs
 from tests.toys import Backbone, Noise
 
 N, BATCH, EPOCHS = 24, 4, 2

@@ -115,9 +115,9 @@ def test_freeze_prefix_stops_gradients_in_early_layers(backbone, n, stride):
 
 def test_refiner_head_is_picked_by_params_and_survives_a_checkpoint(tmp_path):
     from models.classifier import ASPPLocalizer, build_localizer
-    from config.params import load
+    from wsss.config.params import load
     from models.networks import to_config
-    from training import checkpoints
+    from wsss.training import checkpoints
 
     params = load(Path(__file__).resolve().parent.parent / "params.yaml", ["refiner.head=aspp", "refiner.pretrained=false", "refiner.aspp_channels=8"])
     cfg = params["refiner"]
@@ -147,10 +147,10 @@ def test_extra_kernel_one_adds_no_spatial_mixing():
 
 def test_checkpoints_saved_before_the_kind_field_still_load(tmp_path):
     """Old checkpoints stored {"classifier": section} / {"segmenter": section}; they load unchanged."""
-    from config.params import load
+    from wsss.config.params import load
     from models.classifier import build_localizer
     from models.segmenter import build_segmenter
-    from training import checkpoints
+    from wsss.training import checkpoints
 
     params = load(Path(__file__).resolve().parent.parent / "params.yaml",
                   ["classifier.pretrained=false", "segmenter.pretrained=false", "segmenter.aspp_channels=8"])

@@ -4,8 +4,8 @@ from prefect.states import Failed
 
 from flows import dvc_commands as dc
 from flows.pipeline import StageFailed, TransientStageFailure, _retry_transient
-from tracking import lineage
-from config.params import ParamsError, load
+from wsss.tracking import lineage
+from wsss.config.params import ParamsError, load
 from tests.conftest import REPO
 
 

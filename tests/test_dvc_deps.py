@@ -5,8 +5,8 @@ import copy
 import pytest
 import yaml
 
-from config.params import load
-from tracking import lineage
+from wsss.config.params import load
+from wsss.tracking import lineage
 from tests.conftest import REPO
 
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -29,8 +29,8 @@ def test_no_stage_imports_another_stage():
 
 def test_the_check_fails_when_a_dep_is_removed():
     spec = copy.deepcopy(lineage.stage_spec(DVC_YAML, "pseudo_labels"))
-    spec["deps"] = [d for d in spec["deps"] if d != "labelling"]
-    assert "labelling/crf.py" in lineage.uncovered_imports(spec, "pseudo_labels", PARAMS, REPO)
+    spec["deps"] = [d for d in spec["deps"] if d != "wsss/labelling"]
+    assert "wsss/labelling/crf.py" in lineage.uncovered_imports(spec, "pseudo_labels", PARAMS, REPO)
 
 
 def test_closure_follows_function_level_imports(tmp_path):

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from flows import dvc_commands
-from commands import versions
-from tracking import lineage
-from tracking import runs as tracking
+from wsss.commands import versions
+from wsss.tracking import lineage
+from wsss.tracking import runs as tracking
 from tests import servers
 from tests.test_pipeline_dvc import dvc
 

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from config.params import ParamsError, load
-from dataset.groups import GroupBatchSampler
-from localization import group as group_export
-from localization.group import GroupLoss
+from wsss.config.params import ParamsError, load
+from wsss.dataset.groups import GroupBatchSampler
+from wsss.localization import group as group_export
+from wsss.localization.group import GroupLoss
 from models.classifier import CAMClassifier, build_localizer
 from models.group import GroupClassifier, GroupGraph, graph_dropout
 from models.networks import from_config, to_config
-from stores import mapstore
+from wsss.stores import mapstore
 from tests.conftest import REPO
 
 TINY = ["classifier.pretrained=true", "classifier.extra_convs=1", "classifier.extra_channels=16",
@@ -146,7 +146,7 @@ def test_a_group_training_step_with_pasting_and_the_checkpoint_round_trip(tmp_pa
     torch.manual_seed(0)
     cfg = tiny_cfg("classifier.context_paste.prob=0.5", "classifier.context_paste.start_epoch=0")
     model = build_localizer(cfg, 3)
-    from localization.context_paste import ContextPaste
+    from wsss.localization.context_paste import ContextPaste
     loss_fn = GroupLoss(cfg["group"], ContextPaste(cfg["context_paste"], 1, 0))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     batch = [torch.rand(4, 3, 48, 48) * 255, torch.tensor([[1., 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 1]])]
@@ -157,7 +157,7 @@ def test_a_group_training_step_with_pasting_and_the_checkpoint_round_trip(tmp_pa
         assert torch.isfinite(loss)
         assert model.graph.update.gates.weight.grad.abs().sum() > 0   # the graph is trained
         opt.step()
-    from training import checkpoints
+    from wsss.training import checkpoints
     checkpoints.save(tmp_path / "c.pt", model, to_config("localizer", cfg, ["background", "a", "b", "c"]))
     back, config = checkpoints.load(tmp_path / "c.pt", torch.device("cpu"))
     assert isinstance(back, GroupClassifier) and back.group_size == 2

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from labelling import crf as crf_module
-from labelling.crf import crf_argmax, dense_crf
-from config.params import DEFAULTS
-from labelling.pseudo import label_image, make_labels
-from localization.refinement import refinement_target
+from wsss.labelling import crf as crf_module
+from wsss.labelling.crf import crf_argmax, dense_crf
+from wsss.config.params import DEFAULTS
+from wsss.labelling.pseudo import label_image, make_labels
+from wsss.localization.refinement import refinement_target
 
 CRF = {"iterations": 10, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 20, "bilateral_srgb": 10,
        "bilateral_compat": 10}

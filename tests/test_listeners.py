@@ -1,12 +1,12 @@
 """Every server the project starts listens on 127.0.0.1 only: the Dask scheduler and dashboard of the
-local cluster (scaleout/engine.py), and the Prefect server and MLflow UI as the Makefile starts them."""
+local cluster (wsss/scaleout/engine.py), and the Prefect server and MLflow UI as the Makefile starts them."""
 import os
 import shlex
 from urllib.parse import urlsplit
 
 import pytest
 
-from scaleout.engine import local_cluster
+from wsss.scaleout.engine import local_cluster
 from tests import servers
 from tests.conftest import REPO
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from config.params import load
-from dataset import demo, voc
-from stores import labelstore, mapstore
+from wsss.config.params import load
+from wsss.dataset import demo, voc
+from wsss.stores import labelstore, mapstore
 from tests.conftest import REPO
 from tests.test_pipeline_dvc import SMALL
 
@@ -57,7 +57,7 @@ def run_chain(work, root, monkeypatch, variant=ROUND) -> dict:
     import importlib
 
     work.mkdir()
-    monkeypatch.chdir(work)   # stages read and write relative to the repository root (config/paths.py)
+    monkeypatch.chdir(work)   # stages read and write relative to the repository root (wsss/config/paths.py)
     params = load(REPO / "params.yaml", SMALL + [f"data.root={root}", "maps.n_overlays=0",
                                                  "pseudo_labels.n_samples=0", "pseudo_labels.workers=1",
                                                  *variant["set"]])

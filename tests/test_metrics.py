@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from scoring.metrics import confusion, iou_per_class, mean_iou, summary
+from wsss.scoring.metrics import confusion, iou_per_class, mean_iou, summary
 
 
 def test_confusion_matches_hand_count():
@@ -49,7 +49,7 @@ def hand_written_average_precision(scores, targets):
 
 
 def test_average_precision_is_the_hand_written_value_with_ties_and_empty_classes():
-    from localization.classification import average_precision
+    from wsss.localization.classification import average_precision
 
     scores = np.array([[0.9, 0.5, 0.2, 0.7], [0.8, 0.5, 0.2, 0.1], [0.8, 0.4, 0.2, 0.3],
                        [0.1, 0.5, 0.9, 0.6], [0.8, 0.2, 0.2, 0.9], [0.3, 0.5, 0.2, 0.2]], np.float32)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset import images
-from tracking import charts, panels
+from wsss.dataset import images
+from wsss.tracking import charts, panels
 
 VOC = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
        "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
@@ -154,7 +154,7 @@ def test_confusion_matrix_chart_is_readable_for_21_classes(tmp_path):
 
 
 def test_per_class_iou_chart_takes_classes_without_an_iou(tmp_path):
-    # scoring.metrics.summary writes None for a class in neither ground truth nor prediction
+    # wsss.scoring.metrics.summary writes None for a class in neither ground truth nor prediction
     out = charts.per_class_iou_chart({"background": 80.0, "cat": None, "dog": 12.5}, tmp_path / "iou.png")
     with Image.open(out) as png:
         assert png.width >= 300 and png.height >= 300

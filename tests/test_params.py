@@ -4,11 +4,11 @@ import json
 import pytest
 import yaml
 
-import config.params as config_params
-from config.params import DEFAULTS, PROFILES_DIR, ParamsError, load, validate
+import wsss.config.params as config_params
+from wsss.config.params import DEFAULTS, PROFILES_DIR, ParamsError, load, validate
 from models.registry import BACKBONES, HEADS, LOCALIZERS, LOSSES
 from tests.conftest import REPO
-from tracking import lineage
+from wsss.tracking import lineage
 
 
 @pytest.fixture
@@ -162,7 +162,7 @@ def drift(shipped, defaults, key: str = "") -> list[str]:
             if k not in shipped:
                 out.append(f"{name}: missing from params.yaml (schema default {defaults[k]!r})")
             elif k not in defaults:
-                out.append(f"{name}: in params.yaml ({shipped[k]!r}) but not in config/params.py")
+                out.append(f"{name}: in params.yaml ({shipped[k]!r}) but not in wsss/config/params.py")
             else:
                 out += drift(shipped[k], defaults[k], name)
         return out
@@ -178,7 +178,7 @@ def drift(shipped, defaults, key: str = "") -> list[str]:
 def test_shipped_params_yaml_equals_the_built_in_defaults(raw):
     # The user's explicit values are the leaves that differ from these, so they must match the file.
     problems = drift(raw, DEFAULTS)
-    assert not problems, "params.yaml and the defaults in config/params.py differ:\n" + "\n".join(problems)
+    assert not problems, "params.yaml and the defaults in wsss/config/params.py differ:\n" + "\n".join(problems)
     assert validate(raw) == DEFAULTS
 
 
@@ -193,8 +193,8 @@ def test_drift_names_each_key_that_differs(raw):
         "classifier.epochs: missing from params.yaml (schema default 15)",
         "classifier.resize_long[1]: params.yaml has 385, the schema's default is 384",
         "classifier.lr: params.yaml has 1, the schema's default is 0.0001",
-        "maps.prm.extra: in params.yaml (1) but not in config/params.py",
-        f"rounds.r2: in params.yaml ({raw['rounds']['r1']!r}) but not in config/params.py",
+        "maps.prm.extra: in params.yaml (1) but not in wsss/config/params.py",
+        f"rounds.r2: in params.yaml ({raw['rounds']['r1']!r}) but not in wsss/config/params.py",
         "segmenter.val_flip: params.yaml has int 1, the schema's default is bool True",
     ]
 

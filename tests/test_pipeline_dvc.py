@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import yaml
 
-from stores import mapstore
-from config.params import load, set_dotted, validate
+from wsss.stores import mapstore
+from wsss.config.params import load, set_dotted, validate
 from tasks.__main__ import expanded
 from tests.conftest import REPO
 

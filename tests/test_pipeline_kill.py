@@ -31,8 +31,8 @@ from tests.test_pipeline_dvc import SMALL, copy_repo, dvc, shrink
 
 KILLED_STAGE = "pseudo_labels"   # its CRF pool takes a second to start: a window inside the write
 TARGET = "pseudo_labels"   # repro up to the labels: the segmenter and reference training are minutes
-                           # on 2 cores and write the way every stage does (stores.atomic)
-TEMP_GLOB = ".pseudo_labels.*"   # stores.atomic.atomic_path's temporary sibling of artifacts/pseudo_labels
+                           # on 2 cores and write the way every stage does (wsss.stores.atomic)
+TEMP_GLOB = ".pseudo_labels.*"   # wsss.stores.atomic.atomic_path's temporary sibling of artifacts/pseudo_labels
 
 # Outputs whose bytes are not a function of the inputs, and why (everything else must match).
 VARYING = {

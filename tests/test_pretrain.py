@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from config.params import load
-from localization.classification import build_classifier
+from wsss.config.params import load
+from wsss.localization.classification import build_classifier
 from models.backbones import build_backbone
-from pretraining import backbone as weights
-from pretraining import simclr
+from wsss.pretraining import backbone as weights
+from wsss.pretraining import simclr
 from tests.conftest import REPO
 
 
@@ -113,7 +113,7 @@ def test_a_backbone_of_another_kind_is_refused(tmp_path):
 
 
 def test_the_segmenter_starts_from_the_pretrained_backbone_with_a_fresh_head(tmp_path):
-    from training.segmentation import initial_segmenter
+    from wsss.training.segmentation import initial_segmenter
     torch.manual_seed(0)
     saved = build_backbone("efficientnet_lite0", pretrained=False, output_stride=32)
     weights.save(tmp_path / "b.pt", saved, {"backbone": "efficientnet_lite0"})

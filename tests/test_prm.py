@@ -1,4 +1,4 @@
-"""Peak response maps (localization/prm.py): peak stimulation in the classifier, peak
+"""Peak response maps (wsss/localization/prm.py): peak stimulation in the classifier, peak
 backpropagation, instances from peaks and regions, the instance store and `instance-pngs`."""
 import json
 
@@ -9,12 +9,12 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from commands import outputs
-from commands.cli import app
-from config.params import ParamsError, load
-from localization import prm
+from wsss.commands import outputs
+from wsss.commands.cli import app
+from wsss.config.params import ParamsError, load
+from wsss.localization import prm
 from models.classifier import CAMClassifier, peak_mask, peak_stimulation
-from stores import instancestore
+from wsss.stores import instancestore
 
 from tests.conftest import REPO
 
@@ -250,8 +250,8 @@ def test_export_maps_with_prm_writes_maps_instances_and_reports(tmp_path, monkey
     a cam export afterwards leaves no stale instances behind."""
     import importlib
 
-    from dataset import demo
-    from stores import mapstore
+    from wsss.dataset import demo
+    from wsss.stores import mapstore
     from tests.test_pipeline_dvc import SMALL
 
     monkeypatch.setenv("WSSS_TRACKING", "off")
@@ -283,10 +283,10 @@ def test_export_maps_with_prm_writes_maps_instances_and_reports(tmp_path, monkey
 
 
 def test_merged_region_proposals_come_from_the_superpixel_merging():
-    """regions: merged uses labelling/superpixels.py: two flat halves give two regions."""
+    """regions: merged uses wsss/labelling/superpixels.py: two flat halves give two regions."""
     import numpy as np
-    from config.params import DEFAULTS
-    from localization.prm import proposal_regions
+    from wsss.config.params import DEFAULTS
+    from wsss.localization.prm import proposal_regions
     image = np.zeros((40, 60, 3), np.uint8)
     image[:, 30:] = 255
     cfg = {**DEFAULTS["maps"]["prm"], "regions": "merged", "region_scale": 50}

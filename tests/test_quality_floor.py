@@ -1,4 +1,4 @@
-"""The constant-prediction baselines a trained segmenter must clear (val mIoU with scoring.metrics).
+"""The constant-prediction baselines a trained segmenter must clear (val mIoU with wsss.scoring.metrics).
 
 `constant_baselines` is what a quality floor compares against: predicting background everywhere,
 the majority class of the train masks' pixels (255 left out) and, when that is background, the most
@@ -14,10 +14,10 @@ import importlib
 import numpy as np
 import pytest
 
-from config.params import load
+from wsss.config.params import load
 
-from dataset import demo, voc
-from scoring.metrics import IGNORE, confusion, mean_iou
+from wsss.dataset import demo, voc
+from wsss.scoring.metrics import IGNORE, confusion, mean_iou
 from tests.conftest import REPO
 
 FLOOR_MARGIN = 25.0   # mIoU points above the best constant prediction (measured margins: 37.5-40.5)

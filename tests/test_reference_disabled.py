@@ -1,6 +1,6 @@
 import json
 
-from config.params import load
+from wsss.config.params import load
 from tasks import train_reference
 from tests.conftest import REPO
 

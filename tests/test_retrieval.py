@@ -1,4 +1,4 @@
-"""Image search (retrieval/, commands search and near-duplicates): SBA's proposals and detectors,
+"""Image search (wsss/retrieval/, commands search and near-duplicates): SBA's proposals and detectors,
 unit descriptors, a copy found as its original's nearest neighbour, planted duplicates found by
 both commands, and a clear error for a bad query. A tiny random network on 64 px images."""
 import json
@@ -13,16 +13,16 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from commands.cli import app
-from dataset import voc
-from dataset.images import palette_png
+from wsss.commands.cli import app
+from wsss.dataset import voc
+from wsss.dataset.images import palette_png
 from models.classifier import CAMClassifier
 from models.networks import to_config
 from models.registry import BACKBONES
-from retrieval import descriptors as D
-from retrieval import neighbours
-from stores.atomic import write_parquet
-from training import checkpoints
+from wsss.retrieval import descriptors as D
+from wsss.retrieval import neighbours
+from wsss.stores.atomic import write_parquet
+from wsss.training import checkpoints
 
 from tests.conftest import REPO
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import yaml
 
-from config.params import ParamsError, load
-from labelling import mining
-from labelling.pseudo import make_labels
+from wsss.config.params import ParamsError, load
+from wsss.labelling import mining
+from wsss.labelling.pseudo import make_labels
 from tests.conftest import REPO
-from tracking import lineage
+from wsss.tracking import lineage
 
 ROUND = ["rounds={r1: {maps: artifacts/refined_maps}, r2: {maps: artifacts/rounds/r1/maps}}",
          "pseudo_labels.maps=artifacts/rounds/r2/maps"]

@@ -1,4 +1,4 @@
-"""Engine dask against engine local (params.yaml `scaleout`, scaleout/engine.py): every per-image
+"""Engine dask against engine local (params.yaml `scaleout`, wsss/scaleout/engine.py): every per-image
 stage converted to chunks writes byte-identical files and equal metrics (timings aside) on a Dask
 LocalCluster; a worker killed mid-chunk costs a retry, not a file. The tiny demo pipeline of
 tests/test_pipeline_dvc.py, shards of 2 images so each stage has several chunks."""
@@ -10,10 +10,10 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from config.params import ParamsError, load
+from wsss.config.params import ParamsError, load
 from flows import dvc_commands
-from scaleout.engine import KILL_ONCE_ENV, EngineError, local_cluster
-from stores.atomic import PARTIAL
+from wsss.scaleout.engine import KILL_ONCE_ENV, EngineError, local_cluster
+from wsss.stores.atomic import PARTIAL
 from tests.conftest import REPO
 from tests.test_pipeline_dvc import SMALL
 
@@ -49,7 +49,7 @@ def metrics(root: Path, stage: str) -> dict:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """(scheduler address, kill marker): a worker whose process finds the marker gone dies in its
-    next file write (scaleout/engine.py, the test hook); the marker exists, so none does yet."""
+    next file write (wsss/scaleout/engine.py, the test hook); the marker exists, so none does yet."""
     marker = tmp_path_factory.mktemp("kill") / "killed"
     marker.touch()
     c = local_cluster(2, env={KILL_ONCE_ENV: str(marker)})
@@ -97,9 +97,9 @@ def test_dask_stage_output_is_byte_identical_to_local(work, cluster, stage):
 
 
 def test_dask_val_scoring_equals_local(work, cluster):
-    from dataset import voc
-    from training.checkpoints import CheckpointRef
-    from training.segmentation import evaluate
+    from wsss.dataset import voc
+    from wsss.training.checkpoints import CheckpointRef
+    from wsss.training.segmentation import evaluate
     params = load(REPO / "params.yaml", TINY)
     manifest, classes, root = voc.read_manifest(work / "artifacts/manifest.parquet")
     rows = voc.split_rows(manifest, "val")
@@ -116,7 +116,7 @@ def test_dask_val_scoring_equals_local(work, cluster):
 
 
 def test_dask_folder_prediction_is_byte_identical_to_local(work, cluster, tmp_path):
-    from commands.predict import predict_folder
+    from wsss.commands.predict import predict_folder
     images = sorted((work / "data/demo/JPEGImages").glob("*.jpg"))[:4]
     src = tmp_path / "in"
     src.mkdir()
@@ -145,7 +145,7 @@ def test_dask_killed_worker_retries_its_chunk_and_leaves_no_temporaries(work, cl
 
 
 def test_dask_engine_starts_a_local_cluster_when_no_address_is_given():
-    from scaleout.engine import open_engine
+    from wsss.scaleout.engine import open_engine
     cfg = load(REPO / "params.yaml", ["scaleout.engine=dask", "scaleout.workers=1"])["scaleout"]
     before = dict(os.environ)
     with open_engine(cfg) as engine:
@@ -163,7 +163,7 @@ def test_dask_engine_starts_a_local_cluster_when_no_address_is_given():
 def test_dask_workers_run_torch_with_worker_threads():
     """scaleout.worker_threads: each worker's torch threads (a chunk at a time per worker), and a
     LocalCluster of cores // worker_threads workers unless scaleout.workers says otherwise."""
-    from scaleout.engine import open_engine
+    from wsss.scaleout.engine import open_engine
 
     def threads(task, imap):
         import torch

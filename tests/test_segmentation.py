@@ -5,14 +5,14 @@ from PIL import Image
 
 from models.classifier import ASPPLocalizer
 from models.segmenter import build_segmenter
-from dataset import voc
-from commands.predict import predict_folder
+from wsss.dataset import voc
+from wsss.commands.predict import predict_folder
 from models.networks import to_config
-from training import checkpoints
-from training.runtime import resolve_precision
-from labelling.crf import dense_crf
-from scoring.metrics import confusion
-from training.segmentation import (evaluate, loss_grid, predict_probs, segmentation_loss, train,
+from wsss.training import checkpoints
+from wsss.training.runtime import resolve_precision
+from wsss.labelling.crf import dense_crf
+from wsss.scoring.metrics import confusion
+from wsss.training.segmentation import (evaluate, loss_grid, predict_probs, segmentation_loss, train,
                                 warm_start)
 
 CRF = {"iterations": 2, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 20, "bilateral_srgb": 10,
@@ -62,7 +62,7 @@ def test_evaluation_without_crf_scores_the_same_predictions_and_runs_no_crf(voc_
     rows = [{"id": i, "has_mask": True} for i in voc.read_split(voc_fixture, "val")]
     cpu = torch.device("cpu")
     plain, _, _ = evaluate(model, voc_fixture, rows, len(classes), CFG, cpu)
-    monkeypatch.setattr("training.segmentation.crf_labels", None)  # any CRF call would now fail
+    monkeypatch.setattr("wsss.training.segmentation.crf_labels", None)  # any CRF call would now fail
     plain_only, with_crf, panels = evaluate(model, voc_fixture, rows, len(classes), CFG, cpu, samples=1, crf=False)
     assert with_crf is None
     np.testing.assert_array_equal(plain_only, plain)

@@ -7,15 +7,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from config.params import ParamsError, validate
-from dataset import voc
+from wsss.config.params import ParamsError, validate
+from wsss.dataset import voc
 from models.classifier import ASPPLocalizer
 from models.networks import from_config, to_config
 from models.ocr import OCRHead, region_representations
 from models.registry import HEADS, LOSSES
 from models.segmenter import build_segmenter
-from training import checkpoints
-from training.segmentation import predict_probs, segmentation_loss, train, warm_start
+from wsss.training import checkpoints
+from wsss.training.segmentation import predict_probs, segmentation_loss, train, warm_start
 
 from tests.conftest import REPO
 
@@ -309,9 +309,9 @@ def test_loss_windows_are_validated(value, message):
 # ---------------------------------------------------------------- the same loss in semi-supervised training
 
 def test_semi_training_takes_the_segmenter_loss_with_its_head_and_options():
-    """semi/ trains with label_loss: an ocr head's auxiliary logits count there too, and a loss's own
+    """wsss/semi/ trains with label_loss: an ocr head's auxiliary logits count there too, and a loss's own
     options (locally_adaptive has no `drop`) reach it, as they do in train_segmenter."""
-    from semi.losses import Parts, supervised_batch_loss
+    from wsss.semi.losses import Parts, supervised_batch_loss
 
     torch.manual_seed(0)
     model = build_segmenter(CFG, 3).train()

@@ -1,4 +1,4 @@
-"""Few masks (train_semi, semi/): which images are masked, that no other training mask is read,
+"""Few masks (train_semi, wsss/semi/): which images are masked, that no other training mask is read,
 the mixed batches, the disabled stage, and every method end to end on a tiny dataset."""
 import json
 
@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from config.params import ParamsError, load
-from dataset import voc
-from semi import masks as semi_masks
-from semi.data import MixedBatches, masked_per_batch
-from stores import labelstore
+from wsss.config.params import ParamsError, load
+from wsss.dataset import voc
+from wsss.semi import masks as semi_masks
+from wsss.semi.data import MixedBatches, masked_per_batch
+from wsss.stores import labelstore
 from tasks import manifest, train_semi
 from tests.conftest import REPO
-from training import checkpoints
-from training.segmentation import predict_probs
+from wsss.training import checkpoints
+from wsss.training.segmentation import predict_probs
 
 TINY = ["segmenter.pretrained=false", "segmenter.head=aspp", "segmenter.aspp_channels=8", "segmenter.aspp_rates=[1, 2]",
         "segmenter.epochs=1", "segmenter.batch_size=2", "segmenter.crop_size=32", "segmenter.resize_long=[40, 56]",
@@ -171,7 +171,7 @@ def test_each_method_reads_only_the_listed_training_masks(tmp_path, voc_fixture,
 
 
 def test_the_stage_tags_its_run_semi_supervised(tmp_path, voc_fixture, monkeypatch):
-    from tracking import runs
+    from wsss.tracking import runs
 
     class Run:   # the stage run's interface, recording
         tags, metrics = {}, {}
@@ -195,7 +195,7 @@ def test_the_stage_tags_its_run_semi_supervised(tmp_path, voc_fixture, monkeypat
 @pytest.mark.slow   # MLflow's SQLite store: a minute or more here
 def test_the_run_is_tagged_semi_supervised_in_mlflow(tmp_path, voc_fixture, monkeypatch):
     from tasks.__main__ import run_stage
-    from tracking import runs
+    from wsss.tracking import runs
 
     params = workspace(tmp_path, voc_fixture, monkeypatch, ["semi.method=masks_only", "semi.epoch_images=2"])
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -212,7 +212,7 @@ def test_the_run_is_tagged_semi_supervised_in_mlflow(tmp_path, voc_fixture, monk
 def test_init_weak_segmenter_starts_every_segmenter_from_the_weak_one(tmp_path, voc_fixture, monkeypatch, method):
     from models.networks import to_config
     from models.segmenter import build_segmenter
-    from semi import stage
+    from wsss.semi import stage
 
     monkeypatch.setenv("WSSS_TRACKING", "off")
     params = workspace(tmp_path, voc_fixture, monkeypatch, [f"semi.method={method}", "semi.init=weak_segmenter"])

@@ -1,4 +1,4 @@
-"""Co-training ensemble (semi/cotraining.py, models/ensemble.py): members that differ, an exchange
+"""Co-training ensemble (wsss/semi/cotraining.py, models/ensemble.py): members that differ, an exchange
 loss that teaches every member, adversarial images within eps, the ensemble's mean prediction."""
 import copy
 
@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from models.networks import to_config
-from semi import cotraining
-from semi.losses import Parts
-from training import checkpoints
-from training.segmentation import logits_and_aux
+from wsss.semi import cotraining
+from wsss.semi.losses import Parts
+from wsss.training import checkpoints
+from wsss.training.segmentation import logits_and_aux
 
 CFG = {"backbone": "efficientnet_lite0", "head": "aspp", "pretrained": False, "output_stride": 16,
        "aspp_channels": 8, "aspp_rates": [1, 2], "loss": "cross_entropy", "loss_stride": 1, "low_level_stride": 8}

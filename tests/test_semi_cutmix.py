@@ -1,4 +1,4 @@
-"""CutMix consistency with a mean teacher (semi/cutmix.py): boxes of the asked share, images and labels
+"""CutMix consistency with a mean teacher (wsss/semi/cutmix.py): boxes of the asked share, images and labels
 mixed alike, unconfident teacher pixels ignored, a teacher that follows the student's weights but never
 a gradient, and a loss whose consistency term is the mixed teacher's classes."""
 import copy
@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from models.segmenter import build_segmenter
-from scoring.metrics import IGNORE
-from semi import cutmix
-from semi.losses import Parts
-from training.trainer import make_optimizer
+from wsss.scoring.metrics import IGNORE
+from wsss.semi import cutmix
+from wsss.semi.losses import Parts
+from wsss.training.trainer import make_optimizer
 
 CFG = {"backbone": "efficientnet_lite0", "head": "aspp", "pretrained": False, "output_stride": 16,
        "aspp_channels": 8, "aspp_rates": [1, 2], "loss": "cross_entropy", "loss_stride": 1, "low_level_stride": 8,

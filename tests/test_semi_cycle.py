@@ -1,11 +1,11 @@
-"""Cycle consistency (semi/cycle.py): shapes, the cycle losses teach both S and G and fall, the
+"""Cycle consistency (wsss/semi/cycle.py): shapes, the cycle losses teach both S and G and fall, the
 discriminators train on their own loss and are left alone by the generators' adversarial terms."""
 import pytest
 import torch
 
 from models.segmenter import build_segmenter
-from semi import cycle
-from semi.losses import Parts
+from wsss.semi import cycle
+from wsss.semi.losses import Parts
 
 CFG = {"backbone": "efficientnet_lite0", "head": "aspp", "pretrained": False, "output_stride": 16,
        "aspp_channels": 8, "aspp_rates": [1, 2], "loss": "cross_entropy", "loss_stride": 1, "low_level_stride": 8}

@@ -1,11 +1,11 @@
-"""Strong-weak dual branch (semi/dual.py): each head learns from its own labels only, the backbone
+"""Strong-weak dual branch (wsss/semi/dual.py): each head learns from its own labels only, the backbone
 from both, and what predicts is the strong head."""
 import pytest
 import torch
 
 from models.segmenter import build_segmenter
-from semi import dual
-from semi.losses import Parts
+from wsss.semi import dual
+from wsss.semi.losses import Parts
 from tasks import train_semi
 from tests.test_semi import workspace
 
@@ -115,7 +115,7 @@ def test_the_stage_trains_each_head_on_its_own_labels(tmp_path, voc_fixture, mon
     """The loss the semi stage trains dual_branch with, not batch_loss_fn alone: masked images reach
     only the strong head, unmasked ones only the weak head (a loss the branches share would teach the
     head that predicts from the pseudo labels)."""
-    from semi import stage
+    from wsss.semi import stage
 
     monkeypatch.setenv("WSSS_TRACKING", "off")
     params = workspace(tmp_path, voc_fixture, monkeypatch, ["semi.method=dual_branch"])

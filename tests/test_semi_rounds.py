@@ -1,13 +1,13 @@
-"""Self-training rounds of the semi segmenter (semi.rounds, semi/rounds.py): the new labels keep only
+"""Self-training rounds of the semi segmenter (semi.rounds, wsss/semi/rounds.py): the new labels keep only
 the image's tags, a later round trains on them instead of the pseudo labels, and no mask beyond the
 listed ones is read."""
 import numpy as np
 import pytest
 
-from config.params import ParamsError, load
-from dataset import voc
-from semi import masks as semi_masks
-from semi import rounds, stage
+from wsss.config.params import ParamsError, load
+from wsss.dataset import voc
+from wsss.semi import masks as semi_masks
+from wsss.semi import rounds, stage
 from tasks import train_semi
 from tests.conftest import REPO
 from tests.test_semi import workspace

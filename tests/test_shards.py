@@ -4,7 +4,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from stores import labelstore, shards
+from wsss.stores import labelstore, shards
 
 
 def _labels(n):
@@ -39,7 +39,7 @@ def test_reader_is_lazy_per_row_group(tmp_path, monkeypatch):
 
 
 def test_labels_held_compressed(tmp_path):
-    from dataset.demo import render_scene
+    from wsss.dataset.demo import render_scene
 
     rng = np.random.default_rng(0)
     records = [(f"im{i}", render_scene(rng, 128)[1]) for i in range(6)]   # demo masks: blobs, 255 borders
@@ -56,7 +56,7 @@ def test_labels_held_compressed(tmp_path):
 
 
 def test_maps_held_compressed(tmp_path):
-    from stores import mapstore
+    from wsss.stores import mapstore
 
     yy, xx = np.mgrid[0:60, 0:80] / 80.0
     records = [(f"im{i}", [1 + i % 3], np.clip(np.sin(xx * (i + 1)) * np.cos(yy), 0, 1)[None]) for i in range(5)]

@@ -1,4 +1,4 @@
-"""labelling/superpixels.py: the vote, the adaptive similarity's best-first merge, and the
+"""wsss/labelling/superpixels.py: the vote, the adaptive similarity's best-first merge, and the
 superpixel option of make_labels and of params.yaml."""
 import copy
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import yaml
 
-from config.params import DEFAULTS, ParamsError, validate
-from labelling import superpixels as sp
-from labelling.pseudo import make_labels
+from wsss.config.params import DEFAULTS, ParamsError, validate
+from wsss.labelling import superpixels as sp
+from wsss.labelling.pseudo import make_labels
 from tests.conftest import REPO
 
 SP = {**DEFAULTS["pseudo_labels"]["superpixels"], "enabled": True}

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tracking import lineage
-from tracking import runs as tracking
+from wsss.tracking import lineage
+from wsss.tracking import runs as tracking
 
 DVC_YAML = {
     "stages": {
@@ -148,7 +148,7 @@ def test_dep_hashes_never_raise(tmp_path, monkeypatch):
 REPO = Path(__file__).resolve().parent.parent
 STAGE_CODE = """
 import sys
-from tracking import runs
+from wsss.tracking import runs
 with runs.stage_run(sys.argv[1], {PARAMS!r}):
     runs.log_metrics({{"loss": 1.0}}, step=1)
     if sys.argv[2] == "fail":
@@ -275,7 +275,7 @@ RACE_CODE = """
 import sys, time
 from pathlib import Path
 import mlflow.tracking  # imported before the start line, so the processes reach the store together
-from tracking import runs
+from wsss.tracking import runs
 Path(sys.argv[2]).touch()
 while not Path(sys.argv[3]).exists():
     time.sleep(0.01)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from training import trainer
-from training.trainer import NonFiniteLoss, WeightAverage, fit
+from wsss.training import trainer
+from wsss.training.trainer import NonFiniteLoss, WeightAverage, fit
 from tests.toys import Backbone
 
 CFG = {"freeze_blocks": 0, "freeze_bn": True, "epochs": 2, "optimizer": "sgd", "lr_schedule": "poly",
@@ -129,7 +129,7 @@ def test_non_finite_loss_stops_before_the_step_and_nothing_is_saved(tmp_path):
 
 def test_cli_reports_a_diverged_run_on_one_line(monkeypatch, capsys):
     import tasks.__main__ as cli
-    from training.trainer import NonFiniteLoss
+    from wsss.training.trainer import NonFiniteLoss
 
     def diverge(name, params):
         raise NonFiniteLoss("train classifier: loss is nan at epoch 1/2, step 3/3")

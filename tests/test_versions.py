@@ -11,8 +11,8 @@ import textwrap
 import pytest
 import yaml
 
-from commands import gitdvc
-from commands import versions
+from wsss.commands import gitdvc
+from wsss.commands import versions
 from tests.servers import git_env
 
 # Three shards of bytes drawn from params.yaml's labels.seed (what every fake label stage writes).
@@ -124,7 +124,7 @@ def test_cli_lists_and_refuses_unknown_or_unsafe_rollback(label_repo):
     versions.record(repo, log=lambda _: None)
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "commands", "versions", "--repo", str(repo), *args],
+        return subprocess.run([sys.executable, "-m", "wsss.commands", "versions", "--repo", str(repo), *args],
                               capture_output=True, text=True)
 
     listed = cli("list")
@@ -264,7 +264,7 @@ def test_cli_lists_diffs_and_rolls_back_rounds(rounds_repo):
     versions.record(repo, log=lambda _: None)
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "commands", "versions", "--repo", str(repo), *args],
+        return subprocess.run([sys.executable, "-m", "wsss.commands", "versions", "--repo", str(repo), *args],
                               capture_output=True, text=True)
 
     listed = cli("list", "--json")
@@ -278,7 +278,7 @@ def test_cli_lists_diffs_and_rolls_back_rounds(rounds_repo):
 
 
 def test_foreach_stages_expand_as_dvc_names_them():
-    from tracking import lineage
+    from wsss.tracking import lineage
     dvc_yaml = {"vars": [{"seeds": [3, 4]}], "stages": {
         "plain": {"cmd": "true", "outs": ["a"]},
         "round_labels": {"foreach": "${rounds}", "do": {

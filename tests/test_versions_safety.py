@@ -7,14 +7,14 @@ import sys
 import pytest
 import yaml
 
-from commands import gitdvc
-from commands import versions
+from wsss.commands import gitdvc
+from wsss.commands import versions
 from tests.test_versions import label_repo, rounds_repo  # noqa: F401  (fixtures)
 from tests.test_versions import FINAL, R1, digests, set_params, set_seed, snapshot
 
 
 def cli(repo, *args):
-    return subprocess.run([sys.executable, "-m", "commands", "versions", "--repo", str(repo), *args],
+    return subprocess.run([sys.executable, "-m", "wsss.commands", "versions", "--repo", str(repo), *args],
                           capture_output=True, text=True)
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from config.params import load
-from dataset import voc
-from dataset.images import palette_png
+from wsss.config.params import load
+from wsss.dataset import voc
+from wsss.dataset.images import palette_png
 from tasks import manifest
 from tests.conftest import REPO
 
