@@ -18,7 +18,7 @@ Segmentation", AAAI 2021): the classifier looks at a group of images that share 
 - Readout: the class maps are a 1x1 conv on [backbone features, refined state] (the paper's
   readout of h^0 and h^K), pooled like the plain classifier (GAP or peaks).
 
-`GroupClassifier` is the CAM classifier (models/classifier.py) with the graph between its features
+`GroupClassifier` is the CAM classifier (models/cam.py) with the graph between its features
 and its class conv; `classifier.group.enabled` in params.yaml builds it (models.classifier.build_localizer).
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.classifier import CAMClassifier, peak_stimulation
+from models.cam import CAMClassifier, peak_stimulation
 
 
 class CoAttention(nn.Module):
