@@ -24,12 +24,13 @@ from prefect.runtime import flow_run
 from flows import dvc_commands
 from wsss.commands import versions
 from wsss.commands.gitdvc import tool_env
+from wsss.config import project
 from flows.stream import run_logged
 from wsss.tracking import lineage
 from wsss.tracking import runs as tracking
 
 GPU_TAG = "gpu"
-REPO_ROOT = Path(__file__).resolve().parent.parent  # where dvc.yaml is read to define the flows
+REPO_ROOT = project.root()  # where dvc.yaml is read to define the flows
 
 
 class StageFailed(RuntimeError):

@@ -17,14 +17,14 @@ import functools
 import importlib
 import json
 import sys
-from pathlib import Path
 
+from wsss.config import project
 from wsss.config.errors import StageError
 from wsss.config.params import ParamsError, load
 from wsss.tracking import lineage
 from wsss.tracking import runs as tracking
 
-DVC_YAML = Path(__file__).resolve().parent.parent / "dvc.yaml"
+DVC_YAML = project.root() / "dvc.yaml"
 
 
 @functools.cache

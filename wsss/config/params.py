@@ -28,9 +28,10 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
+from wsss.config import project
 from wsss.config.yamlfile import read_yaml
 
-PROFILES_DIR = Path(__file__).resolve().parent.parent.parent / "profiles"
+PROFILES_DIR = project.root() / "profiles"
 
 
 class ParamsError(ValueError):
