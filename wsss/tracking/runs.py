@@ -91,19 +91,26 @@ def _first_opening(uri: str):
     _opened.add(uri)
 
 
+# MLflow 3's UI opens an experiment of this kind on its runs (not on the GenAI traces view).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def experiment_id(mlflow_client) -> str:
-    """The project experiment, created with artifacts in ./mlartifacts (git-ignored) if new."""
+    """The project experiment, created with artifacts in ./mlartifacts (git-ignored) if new, and
+    tagged with EXPERIMENT_KIND (an older one gets the tag when opened)."""
     name = experiment_name()
     exp = mlflow_client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return mlflow_client.create_experiment(name, artifact_location=Path("mlartifacts").resolve().as_uri())
-    except Exception:  # another stage process created it first
-        exp = mlflow_client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        try:
+            return mlflow_client.create_experiment(name, artifact_location=Path("mlartifacts").resolve().as_uri(),
+                                                   tags=dict([EXPERIMENT_KIND]))
+        except Exception:  # another stage process created it first
+            exp = mlflow_client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+        mlflow_client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def host_name() -> str:
