@@ -12,20 +12,26 @@ export DVC_NO_ANALYTICS := 1
 
 .PHONY: setup browser run test test-fast ablation clean-outputs server serve mlflow-ui versions versions-diff rollback record-version
 
-# The venv, then a local default DVC remote (.dvc-remote/, set in .dvc/config.local).
+# The venv with the pinned packages and this project (editable: the `wsss` command), then a local
+# default DVC remote (.dvc-remote/, set in .dvc/config.local).
 setup: $(VENV)/.installed
-	$(PY) -m wsss.commands versions setup-remote
+	wsss versions setup-remote
 
-$(VENV)/.installed: requirements.lock
+$(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	# pip warns once per package about local index folders it does not use; keep the log readable.
 	$(PY) -m pip install -q -r requirements.lock 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+	touch $@
+
+# The tests' own packages (pytest, playwright), beside the runtime ones.
+$(VENV)/.installed-test: requirements-test.lock $(VENV)/.installed
+	$(PY) -m pip install -q -r requirements-test.lock 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 	touch $@
 
 # A run that changes the pseudo labels leaves a version (commit + tag + dvc push).
 run: setup
-	dvc repro
-	$(PY) -m wsss.commands versions record
+	wsss run
 
 # The browser test (tests/test_ui_browser.py) drives the Prefect UI in Debian's chromium, never a
 # browser downloaded by Playwright; install it when it is missing (apt-get; sudo when not root).
@@ -39,10 +45,10 @@ browser:
 	fi
 
 # The ten slowest tests close the log: the suite's budget is 20 minutes on a 2-core machine.
-test: setup browser
+test: setup $(VENV)/.installed-test browser
 	$(PY) -m pytest --durations=10
 
-test-fast: setup
+test-fast: setup $(VENV)/.installed-test
 	$(PY) -m pytest -m "not slow"
 
 ablation: setup
@@ -54,20 +60,20 @@ server: setup
 	prefect server start --host 127.0.0.1
 
 serve: setup
-	$(PY) -m flows serve
+	wsss serve
 
 mlflow-ui: setup
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 # Pseudo-label versions: make versions | make versions-diff A=v1 B=v2 | make rollback V=v1
 versions: setup
-	$(PY) -m wsss.commands versions list
+	wsss versions list
 
 versions-diff: setup
-	$(PY) -m wsss.commands versions diff $(A) $(B)
+	wsss versions diff $(A) $(B)
 
 rollback: setup
-	$(PY) -m wsss.commands versions rollback $(V)
+	wsss versions rollback $(V)
 
 record-version: setup
-	$(PY) -m wsss.commands versions record
+	wsss versions record
