@@ -234,9 +234,9 @@ def config_show(sets: Sets = None, params: Params = None):
     --set overrides, in the order the stages apply them."""
     import yaml
 
-    path = _params_file(params)
-    if params is None:
-        path = project.root() / "params.yaml"
+    path = _params_file(params) if params is not None else project.root() / "params.yaml"
+    if not path.is_file():
+        fail(f"no {path.name} in {path.parent}: run in the pipeline's folder, or pass --params FILE")
     typer.echo(yaml.safe_dump(load_params(path, sets or []), sort_keys=False).rstrip())
 
 
