@@ -3,7 +3,7 @@ the first N training images, for each combination of beta, steps, bg_power and r
 threshold sweep against the train masks (mIoU at the best threshold, predicted and true foreground
 share). The network runs once per image; only the walk repeats.
 
-    python benchmarks/walk_settings.py RUN_DIR [--images 80] --grid '{"beta": [8, 16], "steps": [0, 16, 64]}'
+    python benchmarks/walk_settings.py RUN_DIR [--images 80] --grid '{"beta": [8, 16], "steps": [0, 16, 64]}' [--note TEXT]
 
 RUN_DIR: a pipeline directory with artifacts/manifest.parquet, artifacts/maps and an affinity
 artifacts/refiner.pt (refiner.method random_walk). A diagnostic that reads train masks, to choose
@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--images", type=int, default=80)
     ap.add_argument("--grid", default="{}")
+    ap.add_argument("--note", default="", help="what the rows' network is, e.g. how its pair labels were made")
     args = ap.parse_args()
     grid = {**DEFAULTS, **json.loads(args.grid)}
     _, classes, root = voc.read_manifest(args.run_dir / "artifacts/manifest.parquet")
@@ -60,7 +61,7 @@ def main() -> None:
         r = sweep.result(classes)
         row = {**setting, "images": len(cache), "miou": r["miou"], "threshold": r["threshold"],
                "fg_share_pred": r["fg_share_pred"], "fg_share_true": r["fg_share_true"],
-               "seconds": round(time.perf_counter() - start, 1), "commit": commit, **host()}
+               "seconds": round(time.perf_counter() - start, 1), "note": args.note, "commit": commit, **host()}
         with (RESULTS / "walk_settings.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row))
