@@ -8,6 +8,7 @@ the severity is found by bisection on the degraded labels' own train mIoU.
 
     python benchmarks/label_quality_curve.py RUN_DIR --targets 50 60 70 85 [--seed 0]
         [--labels-only]
+    python benchmarks/label_quality_curve.py --plot     # docs/images/label_quality_curve.png
 
 RUN_DIR: a pipeline directory with artifacts/manifest.parquet (the dataset). A DIAGNOSTIC: it
 trains on ground-truth masks and is never part of the pipeline. Each target trains in
@@ -77,13 +78,41 @@ def calibrate(masks, target, partner, seed, n) -> tuple[float, dict, float]:
     return mid, labels, miou
 
 
+def plot(out: Path) -> None:
+    """Val mIoU against train label mIoU: the degraded masks, the masks themselves (the reference) and
+    the pipeline's own pseudo labels (seed_methods.jsonl rows with a val score, mean over seeds)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = sorted((r["labels_miou"], r["val_miou"]) for r in map(json.loads, (RESULTS / "label_quality_curve.jsonl").open()))
+    pseudo: dict = {}
+    for r in map(json.loads, (RESULTS / "seed_methods.jsonl").open()):
+        if r.get("val_miou") and r.get("labels_miou") and r["method"] in ("affinity", "rounds+superpixels"):
+            pseudo.setdefault((r["method"], r["labels_miou"]), []).append(r["val_miou"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(*zip(*curve), "o-", label="train masks, degraded (one seed)")
+    for (method, labels), vals in pseudo.items():
+        ax.plot(labels, sum(vals) / len(vals), "s", label=f"pseudo labels: {method} ({len(vals)} seeds)")
+    ax.set_xlabel("train label mIoU")
+    ax.set_ylabel("segmenter val mIoU")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("run_dir", type=Path, nargs="?")
+    ap.add_argument("--plot", action="store_true", help="only draw docs/images/label_quality_curve.png")
     ap.add_argument("--targets", type=float, nargs="+", default=[50, 60, 70, 85])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--labels-only", action="store_true", help="calibrate and print, train nothing")
     args = ap.parse_args()
+    if args.plot:
+        plot(REPO / "docs/images/label_quality_curve.png")
+        return
     table, classes, root = voc.read_manifest(args.run_dir / "artifacts/manifest.parquet")
     names = {c: i for i, c in enumerate(classes)}
     partner = {}
