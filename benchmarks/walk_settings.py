@@ -23,7 +23,7 @@ import torch
 from common import REPO, RESULTS, host
 
 from wsss.dataset import images, voc
-from wsss.localization.affinity import offsets, pair_affinities, propagate
+from wsss.localization.affinity import walk_features
 from wsss.scoring.sweep import ThresholdSweep, thresholds
 from wsss.stores import mapstore
 from wsss.training import checkpoints
@@ -51,13 +51,10 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     for combo in itertools.product(*(grid[k] for k in DEFAULTS)):
         setting, start = dict(zip(DEFAULTS, combo)), time.perf_counter()
-        sweep, pairs = ThresholdSweep(thresholds(0.05, 0.95, 0.05), len(classes)), offsets(int(setting["radius"]))
+        sweep = ThresholdSweep(thresholds(0.05, 0.95, 0.05), len(classes))
+        walk = {**setting, "radius": int(setting["radius"]), "steps": int(setting["steps"])}
         for tags, maps, mask, features in cache:
-            if tags:
-                affinity = [a[0].numpy() for a in pair_affinities(features, pairs)]
-                maps = propagate(maps, affinity, pairs, tuple(features.shape[-2:]), setting["beta"],
-                                 int(setting["steps"]), setting["bg_power"])
-            sweep.add(maps, tags, mask)
+            sweep.add(walk_features(maps, features, walk) if tags else maps, tags, mask)
         r = sweep.result(classes)
         row = {**setting, "images": len(cache), "miou": r["miou"], "threshold": r["threshold"],
                "fg_share_pred": r["fg_share_pred"], "fg_share_true": r["fg_share_true"],

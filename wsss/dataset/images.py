@@ -57,6 +57,11 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
+def grid_labels(labels: torch.Tensor, stride: int) -> torch.Tensor:
+    """Every `stride`-th pixel of the labels, the centre of each stride x stride cell (nearest, so 255 stays 255)."""
+    return labels[:, stride // 2::stride, stride // 2::stride]
+
+
 _HEAT_STOPS = ((0, 0, 128), (0, 128, 255), (0, 255, 128), (255, 255, 0), (255, 0, 0))   # navy .. red, evenly spaced
 
 

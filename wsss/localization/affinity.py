@@ -17,6 +17,9 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from wsss.localization.refinement import resized_maps
+from wsss.dataset.images import grid_labels
+
 IGNORE = 255
 
 
@@ -105,11 +108,6 @@ def affinity_loss(affinities: list[torch.Tensor], labels: list[tuple[torch.Tenso
     return sum((-v.mean() * weight for v, weight in terms if v.numel()), a.new_zeros(()))
 
 
-def grid_labels(labels: torch.Tensor, stride: int) -> torch.Tensor:
-    """B x H x W pixel labels -> the labels at the centre of each stride x stride cell."""
-    return labels[..., stride // 2::stride, stride // 2::stride]
-
-
 def transition_matrix(affinities: list[np.ndarray], pairs: list[tuple[int, int]], shape: tuple[int, int],
                       beta: float) -> sp.csr_matrix:
     """Row-stochastic N x N (N = h * w) random-walk transitions from the per-offset affinities
@@ -139,10 +137,16 @@ def random_walk(transitions: sp.csr_matrix, scores: np.ndarray, steps: int) -> n
 
 
 def background_score(maps: np.ndarray, power: float) -> np.ndarray:
-    """(1 - the best class's map) ** power at each pixel: AffinityNet's background cue (all ones
-    without tags). A higher power shrinks the background's claim to where no class is near."""
-    best = maps.max(0) if len(maps) else np.zeros(maps.shape[1:], maps.dtype)
-    return (1.0 - best) ** power
+    """(1 - the best class's map) ** power at each pixel of k >= 1 maps: AffinityNet's background cue.
+    A higher power shrinks the background's claim to where no class is near."""
+    return (1.0 - maps.max(0)) ** power
+
+
+def walk_features(maps: np.ndarray, features: torch.Tensor, cfg: dict) -> np.ndarray:
+    """`propagate` over the affinities of one image's network features (1 x D x h x w); cfg: refiner.affinity."""
+    pairs = offsets(cfg["radius"])
+    affinities = [a[0].float().cpu().numpy() for a in pair_affinities(features, pairs)]
+    return propagate(maps, affinities, pairs, tuple(features.shape[-2:]), cfg["beta"], cfg["steps"], cfg["bg_power"])
 
 
 def propagate(maps: np.ndarray, affinities: list[np.ndarray], pairs: list[tuple[int, int]], grid: tuple[int, int],
@@ -180,9 +184,7 @@ class ConfidentTarget:
             labels = torch.from_numpy(self.crf_labels[image_id])[None, None].float()
             return F.interpolate(labels, size=tuple(size_hw), mode="nearest")[0, 0].numpy().astype(np.uint8)
         classes, maps_u8 = self.maps[image_id]
-        maps = F.interpolate(torch.from_numpy(maps_u8.astype(np.float32) / 255)[None], size=tuple(size_hw),
-                             mode="bilinear", align_corners=False)[0].numpy()
-        return confident_labels(maps, classes, self.fg, self.bg)
+        return confident_labels(resized_maps(maps_u8, size_hw), classes, self.fg, self.bg)
 
     def to_tensor(self, target: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(target.astype(np.int64))

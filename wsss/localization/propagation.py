@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from wsss.dataset import images
-from wsss.localization.affinity import offsets, pair_affinities, propagate
+from wsss.localization.affinity import walk_features
 from wsss.stores import mapstore
 
 
@@ -24,9 +24,6 @@ class WalkExport:
 
     @torch.no_grad()
     def maps(self, model, image: np.ndarray, classes: list[int], raw: np.ndarray, device) -> np.ndarray:
-        cfg, pairs = self.cfg, offsets(self.cfg["radius"])
-        if len(classes) == 0:
+        if len(classes) == 0:   # nothing to walk: skip the network
             return raw
-        features = model(images.to_tensor(image)[None].to(device).float())
-        affinity = [a[0].float().cpu().numpy() for a in pair_affinities(features, pairs)]
-        return propagate(raw, affinity, pairs, tuple(features.shape[-2:]), cfg["beta"], cfg["steps"], cfg["bg_power"])
+        return walk_features(raw, model(images.to_tensor(image)[None].to(device)), self.cfg)

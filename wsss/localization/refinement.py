@@ -24,6 +24,12 @@ def refinement_target(maps: np.ndarray, classes: list[int], n_fg: int) -> np.nda
     return target
 
 
+def resized_maps(maps_u8: np.ndarray, size_hw) -> np.ndarray:
+    """Stored uint8 maps (k x H x W) as floats in [0, 1], bilinearly resized to size_hw."""
+    return F.interpolate(torch.from_numpy(maps_u8.astype(np.float32) / 255)[None], size=tuple(size_hw),
+                         mode="bilinear", align_corners=False)[0].numpy()
+
+
 class MapTarget:
     """The refinement target of stored maps (uint8, from wsss.stores.mapstore) for
     `wsss.dataset.crops.TrainingCrops`: resized to the rescaled image, then flipped and cropped with it."""
@@ -35,9 +41,7 @@ class MapTarget:
 
     def load(self, image_id: str, source_hw, size_hw) -> np.ndarray:
         classes, maps_u8 = self.maps[image_id]
-        maps = F.interpolate(torch.from_numpy(maps_u8.astype(np.float32) / 255)[None], size=tuple(size_hw),
-                             mode="bilinear", align_corners=False)[0].numpy()
-        return refinement_target(maps, classes, self.n_fg).transpose(1, 2, 0)
+        return refinement_target(resized_maps(maps_u8, size_hw), classes, self.n_fg).transpose(1, 2, 0)
 
     def to_tensor(self, target: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(target.transpose(2, 0, 1).copy())

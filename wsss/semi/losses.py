@@ -8,7 +8,8 @@ from collections import defaultdict
 import torch
 
 from wsss.scoring.metrics import IGNORE
-from wsss.training.segmentation import grid_labels, label_loss, logits_and_aux
+from wsss.dataset.images import grid_labels
+from wsss.training.segmentation import label_loss, logits_and_aux
 
 
 def part_loss(cfg: dict, logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor,

@@ -55,16 +55,11 @@ class LabelTarget:
         return torch.from_numpy(labels.astype(np.int64))
 
 
-def grid_labels(labels: torch.Tensor, stride: int) -> torch.Tensor:
-    """Every `stride`-th pixel of the labels, the centre of each stride x stride cell (nearest, so 255 stays 255)."""
-    return labels[:, stride // 2::stride, stride // 2::stride]
-
-
 def loss_grid(logits: torch.Tensor, labels: torch.Tensor, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and labels on the grid the loss is taken on: every `stride`-th pixel of the labels
     (the centre of each stride x stride cell; nearest, so 255 stays 255) and the logits resized to
     it. At stride 1 the full-size loss; at 4 it costs 0.005 s instead of 0.10-0.13 s a step."""
-    labels = grid_labels(labels, stride)
+    labels = images.grid_labels(labels, stride)
     # contiguous first: softmax over channels of a channels-last 21 x 256 x 256 batch is 25% slower
     return images.upsample(logits.float().contiguous(), tuple(labels.shape[-2:])), labels
 
