@@ -40,8 +40,6 @@ ALLOWED = [
     (r"^tests/test_pipeline_kill\.py$", r"session's shared run, conftest\.small_repro",
      "pytest's test session (the session-scoped fixture)"),
     (r"^tests/servers\.py$", r"starts in its own session", "a process session (setsid)"),
-    (r"^training/distributed\.py$", r"def session\(|with session\(",
-     "the process group's lifetime as a context manager"),
     (r"^\.ci/run$", r"shared/data/voc2012-mini", "CI looks for the dataset beside the checkout"),
     (r".*", r"\bstart_new_session\b|\bSession\(|requests\.Session|sqlalchemy|\bHTTP session|"
      r"\bdatabase session|\bDB session|\bbrowser session", "an HTTP, database or browser session"),
@@ -86,13 +84,14 @@ def test_no_lab_talk_in_tracked_files():
 
 
 @pytest.mark.parametrize("line, lab", [
-    ("measured in the sixteenth session", True),
-    ("rows of session 17", True),
-    ("(sixteenth/seventeenth sessions: labels 47.72)", True),
+    # the examples are split so that this file does not hold the phrases it looks for
+    ("measured in the sixteen" "th session", True),
+    ("rows of session " "17", True),
+    ("(sixteenth/seventeen" "th sessions: labels 47.72)", True),
     ("see issue 18", True),
     ("fixed in issue #5", True),
     ("--run /tmp/wsss-pipeline/i18_s0", True),
-    ("WSSS_VOC_MINI=/work/shared/data/voc2012-mini", True),
+    ("WSSS_VOC_MINI=/work/shared/" "data/voc2012-mini", True),
     ('{"host": "vm", "cpus": 2}', True),
     ("this session's machine", True),
     ("benchmarks/work/pipeline/voc_mini", False),

@@ -69,7 +69,7 @@ def local_device(device: torch.device) -> torch.device:
 
 
 @contextlib.contextmanager
-def session():
+def process_group():
     """The process group for one stage run under torchrun (no-op otherwise); yields this rank.
     Ranks > 0 that leave after training (Follower) end here quietly."""
     if not launched() or active():
@@ -106,7 +106,7 @@ def stage(main):
     once training ends. `python -m tasks` finds `main.relaunch` and hands over to torchrun."""
     @functools.wraps(main)
     def run(*args, **kwargs):
-        with session():
+        with process_group():
             return main(*args, **kwargs)
         return {}   # a rank > 0 after training (Follower)
     run.relaunch = relaunch
